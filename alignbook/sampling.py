@@ -8,7 +8,7 @@ Docs: https://alignbook.github.io/alignbook/sampling.html.md"""
 __all__ = ['apply_temperature', 'top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'suppress_stop_tokens',
            'GenerationSettings', 'process_logits', 'generate', 'beam_search', 'distinct_n']
 
-# %% ../nbs/02_sampling.ipynb #49e31898
+# %% ../nbs/02_sampling.ipynb #4100bd6f
 import math, warnings
 from dataclasses import dataclass, fields, replace
 
@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-# %% ../nbs/02_sampling.ipynb #836359fc
+# %% ../nbs/02_sampling.ipynb #ce7017bd
 def apply_temperature(logits:torch.Tensor, temperature:float) -> torch.Tensor:
     "Divide the logits by `temperature` (> 0): below 1 sharpens the distribution, above 1 flattens it."
     if not temperature > 0: raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature}")
     return logits / temperature
 
-# %% ../nbs/02_sampling.ipynb #98266bf3
+# %% ../nbs/02_sampling.ipynb #42e850f9
 def top_k_filter(logits:torch.Tensor, top_k:int, min_tokens_to_keep:int=1) -> torch.Tensor:
     "Remove every token whose logit is below the `top_k`-th largest (ties with it are kept); 0 disables."
     if top_k < 0: raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
@@ -31,7 +31,7 @@ def top_k_filter(logits:torch.Tensor, top_k:int, min_tokens_to_keep:int=1) -> to
     kth_largest = logits.topk(k).values[..., -1:]
     return logits.masked_fill(logits < kth_largest, -math.inf)
 
-# %% ../nbs/02_sampling.ipynb #b62a72e4
+# %% ../nbs/02_sampling.ipynb #77dc382d
 def top_p_filter(logits:torch.Tensor, top_p:float, min_tokens_to_keep:int=1) -> torch.Tensor:
     "Keep the most likely tokens whose probabilities first reach `top_p` (the crossing token included); 1 disables."
     if not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
@@ -43,7 +43,7 @@ def top_p_filter(logits:torch.Tensor, top_p:float, min_tokens_to_keep:int=1) -> 
     remove = remove_sorted.scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, -math.inf)
 
-# %% ../nbs/02_sampling.ipynb #9656f71e
+# %% ../nbs/02_sampling.ipynb #ee04d70c
 def apply_repetition_penalty(logits:torch.Tensor, input_ids:torch.Tensor, penalty:float,
                              attention_mask:torch.Tensor|None=None) -> torch.Tensor:
     "Make every token already in `input_ids` (padding excluded) less likely: positive logits / penalty, negative * penalty."
@@ -54,14 +54,14 @@ def apply_repetition_penalty(logits:torch.Tensor, input_ids:torch.Tensor, penalt
     seen = seen.scatter(1, ids, True)[:, :-1]  # padding was sent to an extra column, dropped here
     return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
-# %% ../nbs/02_sampling.ipynb #b1f5b3c1
+# %% ../nbs/02_sampling.ipynb #24b564d5
 def suppress_stop_tokens(logits:torch.Tensor, stop_ids:list[int], n_generated:int, min_new_tokens:int) -> torch.Tensor:
     "Forbid the stop tokens while fewer than `min_new_tokens` tokens have been generated."
     if n_generated >= min_new_tokens or not stop_ids: return logits
     logits = logits.clone(); logits[..., stop_ids] = -math.inf
     return logits
 
-# %% ../nbs/02_sampling.ipynb #11ab11df
+# %% ../nbs/02_sampling.ipynb #8690e51b
 @dataclass
 class GenerationSettings:
     "How to decode: transformers' names and meanings; checked when created."
@@ -96,7 +96,7 @@ class GenerationSettings:
     def stop_ids(self) -> list[int]:
         return [] if self.eos_token_id is None else [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
 
-# %% ../nbs/02_sampling.ipynb #103450d5
+# %% ../nbs/02_sampling.ipynb #4f910e29
 def process_logits(logits:torch.Tensor, input_ids:torch.Tensor, attention_mask:torch.Tensor|None,
                    n_generated:int, s:GenerationSettings) -> torch.Tensor:
     "Apply the settings' transforms to next-token logits, in transformers' order."
@@ -107,7 +107,7 @@ def process_logits(logits:torch.Tensor, input_ids:torch.Tensor, attention_mask:t
         logits = top_p_filter(top_k_filter(logits, s.top_k), s.top_p)
     return logits
 
-# %% ../nbs/02_sampling.ipynb #fd62e154
+# %% ../nbs/02_sampling.ipynb #c6f8de87
 def _settings(model, settings:GenerationSettings|None, overrides:dict) -> GenerationSettings:
     "`settings` (default: the model's generation config over transformers' defaults) with `overrides` and stop/pad tokens."
     gc = model.generation_config
@@ -126,7 +126,7 @@ def _forward(model, ids, attention_mask, cache):
                 use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].float()
 
-# %% ../nbs/02_sampling.ipynb #df4f7e82
+# %% ../nbs/02_sampling.ipynb #4e31e58a
 @torch.no_grad()
 def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padded
              attention_mask:torch.Tensor|None=None, # 1 = real token; default: all ones
@@ -156,12 +156,12 @@ def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padde
         logits = _forward(model, next_ids[:, None], attention_mask, cache)  # decode: one new token per row
     return input_ids
 
-# %% ../nbs/02_sampling.ipynb #5caa2572
+# %% ../nbs/02_sampling.ipynb #22333599
 def _gather(t:torch.Tensor, idx:torch.Tensor) -> torch.Tensor:
     "Select along dim 1 of `t` (batch, n, ...) with `idx` (batch, m)."
     return t.gather(1, idx.view(*idx.shape, *[1] * (t.dim() - 2)).expand(*idx.shape, *t.shape[2:]))
 
-# %% ../nbs/02_sampling.ipynb #83b48fab
+# %% ../nbs/02_sampling.ipynb #f47c32bd
 @torch.no_grad()
 def beam_search(model, input_ids:torch.Tensor, attention_mask:torch.Tensor|None, s:GenerationSettings,
                 return_scores:bool=False):
@@ -209,7 +209,7 @@ def beam_search(model, input_ids:torch.Tensor, attention_mask:torch.Tensor|None,
     out = finished[:, :n].flatten(0, 1)[:, :L + finished_len[:, :n].max()]
     return (out, finished_score[:, :n].flatten()) if return_scores else out
 
-# %% ../nbs/02_sampling.ipynb #cbfe6fbc
+# %% ../nbs/02_sampling.ipynb #50dac3a8
 def distinct_n(texts:list[str], n:int=2) -> float:
     "Fraction of distinct word n-grams among all word n-grams in `texts` (1.0: no n-gram repeats)."
     grams = [tuple(w[i:i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
