@@ -140,7 +140,7 @@ def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padde
     if attention_mask[:, -1].eq(0).any(): raise ValueError("prompts must be left-padded: a row ends with padding")
     input_ids = input_ids.repeat_interleave(s.num_return_sequences, 0)
     attention_mask = attention_mask.repeat_interleave(s.num_return_sequences, 0)
-    cache, prompt_len = DynamicCache(config=model.config), input_ids.shape[1]
+    cache = DynamicCache(config=model.config)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     stop = torch.tensor(s.stop_ids, device=input_ids.device, dtype=torch.long)
     logits = _forward(model, input_ids, attention_mask, cache)           # prefill: the whole prompt

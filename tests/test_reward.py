@@ -1,0 +1,101 @@
+"Reward-model losses, scoring and win rate, cross-checked against TRL's RewardTrainer and transformers."
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from hypothesis import given, settings, strategies as st
+from trl import RewardConfig, RewardTrainer
+
+from alignbook.models import TINY, load_model
+from alignbook.reward import (cache_features, check_reward_model, collate_pairs, fit_bradley_terry, listwise_loss,
+                              load_reward_model, pairwise_loss, reward_scores, scores_from_features, simulate_comparisons,
+                              tokenize_pairs, win_rate)
+
+floats = st.floats(-20, 20, width=32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(floats, floats), min_size=1, max_size=16))
+def test_plackett_luce_on_two_items_is_bradley_terry(pairs):
+    r = torch.tensor(pairs, dtype=torch.float64)
+    torch.testing.assert_close(listwise_loss(r), pairwise_loss(r[:, 0], r[:, 1]), rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(floats, floats), min_size=1, max_size=16), st.floats(-50, 50))
+def test_pairwise_loss_shift_invariance_and_gradient(pairs, c):
+    r = torch.tensor(pairs, dtype=torch.float64)
+    rc, rr = r[:, 0].clone().requires_grad_(), r[:, 1]
+    torch.testing.assert_close(pairwise_loss(rc + c, rr + c), pairwise_loss(rc, rr))
+    pairwise_loss(rc, rr).backward()
+    torch.testing.assert_close(rc.grad, -(1 - torch.sigmoid(rc - rr)).detach() / len(rc))
+
+
+def test_loss_equals_trl_compute_loss_with_margin_and_centering():
+    model, tok = load_reward_model(TINY)
+    rows = [dict(prompt="\n\nHuman: hi\n\nAssistant:", chosen=" Hello there!", rejected=" No.", margin=0.5),
+            dict(prompt="\n\nHuman: 2+2?\n\nAssistant:", chosen=" 4", rejected=" 5, I think", margin=1.5)]
+    args = RewardConfig(output_dir="/tmp/alignbook_test_rm", report_to=[], use_cpu=True, bf16=False,
+                        center_rewards_coefficient=0.01, per_device_train_batch_size=2, activation_checkpointing=False)
+    trainer = RewardTrainer(model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        theirs = trainer.compute_loss(model, dict(batch))
+        pairs = tokenize_pairs(rows, tok)
+        b = collate_pairs(pairs, tok.pad_token_id)
+        assert torch.equal(b["input_ids"], batch["input_ids"])
+        r = reward_scores(model, **b)
+        ours = pairwise_loss(r[:2], r[2:], margin=torch.tensor([0.5, 1.5]), center_coef=0.01)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_reward_scores_equal_transformers_with_a_dedicated_pad(side):
+    model, tok = load_reward_model(TINY)
+    tok.padding_side = side
+    b = tok(["a long sentence with many words" + tok.eos_token, "short" + tok.eos_token, "x"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(reward_scores(model, **b), model(**b).logits.squeeze(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_cached_features_equal_the_full_model():
+    model, tok = load_reward_model(TINY, num_hidden_layers=4)
+    g = torch.Generator().manual_seed(0)
+    pairs = [dict(chosen_ids=torch.randint(3, 1000, (int(n),), generator=g).tolist(),
+                  rejected_ids=torch.randint(3, 1000, (int(m),), generator=g).tolist())
+             for n, m in torch.randint(1, 40, (6, 2), generator=g)]
+    for k in (1, 2, 4):
+        feats = cache_features(model, pairs, k, tok.pad_token_id, batch_size=4)
+        with torch.no_grad():
+            rc, rr = scores_from_features(model, feats, k)
+            full = reward_scores(model, **collate_pairs(pairs, tok.pad_token_id))
+        torch.testing.assert_close(torch.cat([rc, rr]), full, rtol=1e-5, atol=1e-6)
+
+
+def test_bradley_terry_recovers_strengths():
+    g = torch.Generator().manual_seed(3)
+    true = torch.randn(10, generator=g)
+    w, l = simulate_comparisons(true, 5000, g)
+    fitted = fit_bradley_terry(w, l, 10)
+    assert torch.corrcoef(torch.stack([fitted, true]))[0, 1] > 0.97
+    assert abs(fitted.mean()) < 1e-5
+
+
+def test_win_rate_wilson_interval():
+    p, lo, hi = win_rate(torch.tensor([1.0] * 50 + [0.0] * 50), torch.full((100,), 0.5))
+    assert p == 0.5 and abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3  # Wilson 95 % interval for 50/100
+    p, lo, hi = win_rate(torch.zeros(10), torch.zeros(10))  # all ties count half
+    assert p == 0.5
+
+
+def test_bad_input():
+    _, tok = load_reward_model(TINY)
+    rows = [dict(prompt="p", chosen="a", rejected="a"), dict(prompt="p", chosen=" ", rejected="b"),
+            dict(prompt="p" * 2000, chosen="a", rejected="b"), dict(prompt="p", chosen="a", rejected="b")]
+    with pytest.warns(UserWarning, match="dropped 3 of 4 pairs"):
+        assert len(tokenize_pairs(rows, tok, max_length=64)) == 1
+    with pytest.raises(ValueError, match="one output"):
+        check_reward_model(load_model(TINY, kind="reward", num_labels=3))
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        load_reward_model(TINY, pad_token="<|no such token|>")
