@@ -1,0 +1,83 @@
+"Score-function estimators against exact gradients; baselines; the clipped surrogate; bad rewards refused before updating."
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from alignbook.lora import inject_lora
+from alignbook.models import TINY, load_model, load_tokenizer
+from alignbook.policy_gradient import (ReinforceSettings, categorical_score_estimate, check_rewards, clipped_surrogate,
+                                       gaussian_score_estimate, leave_one_out_baseline, reinforce_loss, response_mask,
+                                       train_reinforce)
+
+
+def test_categorical_estimate_is_unbiased():
+    theta = torch.tensor([0.3, -0.2, 1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    f = torch.tensor([2.0, -1.0, 0.5, 4.0], dtype=torch.float64)
+    (F.softmax(theta, -1) * f).sum().backward()
+    g = torch.Generator().manual_seed(1)
+    est = torch.stack([categorical_score_estimate(theta.detach(), f, 5, g) for _ in range(20000)])
+    se = est.std(0) / math.sqrt(len(est))
+    assert ((est.mean(0) - theta.grad).abs() < 4 * se).all()
+
+
+def test_gaussian_estimate_converges_to_the_closed_form():
+    mu = torch.tensor(-0.2, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    (1 - torch.special.ndtr((0.5 - mu) / sigma)).backward()        # P(y > 0.5)
+    est = gaussian_score_estimate(-0.2, 1.3, lambda y: (y > 0.5).double(), 2_000_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(est, torch.stack([mu.grad, sigma.grad]), rtol=0, atol=3e-3)
+
+
+def test_batch_mean_baseline_shrinks_the_gradient_by_one_minus_one_over_n_and_loo_does_not():
+    theta = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64)
+    f = torch.tensor([1.0, 3.0, -2.0], dtype=torch.float64)
+    p, n, g = F.softmax(theta, -1), 4, torch.Generator().manual_seed(0)
+    exact = p * (f - (p * f).sum())                                   # ∇θ Σ p f for a softmax
+    mean_b, loo = [], []
+    for _ in range(40000):
+        y = torch.multinomial(p, n, replacement=True, generator=g); r = f[y]; s = F.one_hot(y, 3) - p
+        mean_b.append(((r - r.mean())[:, None] * s).mean(0)); loo.append(((r - leave_one_out_baseline(r))[:, None] * s).mean(0))
+    mean_b, loo = torch.stack(mean_b), torch.stack(loo)
+    se_m, se_l = mean_b.std(0) / 200, loo.std(0) / 200
+    assert ((loo.mean(0) - exact).abs() < 4 * se_l).all()
+    assert ((mean_b.mean(0) - (1 - 1 / n) * exact).abs() < 4 * se_m).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3), st.floats(-5, 5)), min_size=1, max_size=12), st.floats(0.05, 0.5))
+def test_clipped_surrogate_matches_its_definition(rows, eps):
+    new, old, adv = (torch.tensor(c, dtype=torch.float64) for c in zip(*rows))
+    ratio = (new - old).exp()
+    expected = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv).mean()
+    torch.testing.assert_close(clipped_surrogate(new, old, adv, eps), expected)
+
+
+def test_clipped_surrogate_is_the_policy_gradient_at_ratio_one():
+    logp = torch.randn(16, dtype=torch.float64, requires_grad=True); adv = torch.randn(16, dtype=torch.float64)
+    g1, = torch.autograd.grad(clipped_surrogate(logp, logp.detach(), adv), logp)
+    g2, = torch.autograd.grad(reinforce_loss(logp, adv), logp)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_bad_rewards_are_refused_before_any_update():
+    tok, policy, ref = load_tokenizer(TINY), load_model(TINY, device="cpu"), load_model(TINY, device="cpu")
+    inject_lora(policy, ["q_proj"], r=2)
+    before = {n: p.clone() for n, p in policy.named_parameters()}
+    s = ReinforceSettings(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4)
+    for bad, msg in [(lambda texts, done: [float("nan")] * len(texts), "non-finite"), (lambda texts, done: [1.0], "must return 4")]:
+        with pytest.raises(ValueError, match=msg):
+            train_reinforce(policy, ref, tok, ["Hello", "Hi there"], bad, s)
+    assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
+    log = train_reinforce(policy, ref, tok, ["Hello", "Hi there"], lambda texts, done: [1.0] * len(texts), s)
+    assert list(log.columns) == ["step", "reward", "kl", "length"] and log.reward.iloc[0] == 1.0
+
+
+def test_response_mask_and_reward_checks():
+    assert response_mask(torch.tensor([[2, 5], [7, 2]]), [2]).tolist() == [[1, 0], [1, 1]]
+    with pytest.raises(ValueError, match="must return 3 numbers"):
+        check_rewards([[1.0, 2.0, 3.0]], 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_baseline(torch.tensor([1.0]))
