@@ -6,9 +6,10 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
-           'train_bandit', 'response_mask', 'kl_penalty', 'ReinforceSettings', 'train_reinforce', 'clipped_surrogate']
+           'train_bandit', 'response_mask', 'kl_penalty', 'trunk_states', 'top_logprobs', 'shared_trunk_depth',
+           'policy_and_ref_logprobs', 'ReinforceSettings', 'train_reinforce', 'clipped_surrogate']
 
-# %% ../nbs/06_log_derivative.ipynb #493bc8bc
+# %% ../nbs/06_log_derivative.ipynb #9f4358a1
 import math
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .distributions import sequence_logprobs
 
-# %% ../nbs/06_log_derivative.ipynb #017f7dce
+# %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n:int) -> torch.Tensor:
     "Rewards as a float tensor of shape (n,), refused (before any update) if the shape is wrong or a value is not finite."
     r = torch.as_tensor(rewards, dtype=torch.float32)
@@ -31,7 +32,7 @@ def reinforce_loss(logprobs:torch.Tensor, advantages:torch.Tensor) -> torch.Tens
     "Score-function surrogate: its gradient is -mean(advantage · ∇ log p). Advantages are treated as constants."
     return -(advantages.detach() * logprobs).mean()
 
-# %% ../nbs/06_log_derivative.ipynb #df8595e9
+# %% ../nbs/06_log_derivative.ipynb #6b448fdd
 def categorical_score_estimate(theta:torch.Tensor, f:torch.Tensor, n:int, generator=None) -> torch.Tensor:
     "Monte Carlo ∇θ E[f(y)] for y ~ softmax(θ), from `n` samples: mean of f(y) (onehot(y) - p)."
     p = F.softmax(theta, -1)
@@ -44,14 +45,14 @@ def gaussian_score_estimate(mu:float, sigma:float, f, n:int, generator=None) -> 
     fy = f(y)
     return torch.stack([(fy * (y - mu) / sigma**2).mean(), (fy * ((y - mu)**2 - sigma**2) / sigma**3).mean()])
 
-# %% ../nbs/06_log_derivative.ipynb #4bbe5e37
+# %% ../nbs/06_log_derivative.ipynb #d7053f57
 def leave_one_out_baseline(rewards:torch.Tensor) -> torch.Tensor:
     "For each sample, the mean reward of the other samples in its group (last dimension)."
     n = rewards.shape[-1]
     if n < 2: raise ValueError("leave-one-out needs at least 2 samples per group")
     return (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)
 
-# %% ../nbs/06_log_derivative.ipynb #35549b13
+# %% ../nbs/06_log_derivative.ipynb #076f63d4
 def train_bandit(arm_probs:torch.Tensor, steps:int=300, batch:int=16, lr:float=1.0, baseline:bool=True, seed:int=0,
                  reward_offset:float=5.0) -> list[float]:
     "REINFORCE on a bandit paying `reward_offset` + Bernoulli(p_arm); returns the policy's expected bonus after each step."
@@ -67,7 +68,7 @@ def train_bandit(arm_probs:torch.Tensor, steps:int=300, batch:int=16, lr:float=1
         curve.append((F.softmax(theta, -1) * arm_probs).sum().item())
     return curve
 
-# %% ../nbs/06_log_derivative.ipynb #2fd3d29f
+# %% ../nbs/06_log_derivative.ipynb #970a273e
 def response_mask(generated:torch.Tensor, stop_ids:list[int]) -> torch.Tensor:
     "1 on each generated token up to and including the first stop token, 0 after it (padding)."
     stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
@@ -79,7 +80,57 @@ def kl_penalty(logp:torch.Tensor, ref_logp:torch.Tensor, mask:torch.Tensor) -> t
     "Per-sequence KL estimate Σ_t (log π - log π_ref) over the masked (sampled) tokens."
     return ((logp - ref_logp) * mask).sum(-1)
 
-# %% ../nbs/06_log_derivative.ipynb #947b6739
+# %% ../nbs/06_log_derivative.ipynb #d2c349e0
+class _StopForward(Exception): pass
+
+@torch.no_grad()
+def trunk_states(model, input_ids:torch.Tensor, attention_mask:torch.Tensor, first_layer:int) -> dict:
+    "Run `model` without gradient up to decoder layer `first_layer`: the hidden states entering it and its other arguments."
+    seen = {}
+    def grab(module, args, kwargs):
+        seen.update(hidden=args[0] if args else kwargs.pop("hidden_states"), kwargs=kwargs)
+        raise _StopForward
+    handle = model.model.layers[first_layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try: model(input_ids=input_ids, attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+    except _StopForward: pass
+    finally: handle.remove()
+    return seen
+
+# %% ../nbs/06_log_derivative.ipynb #07be1959
+def top_logprobs(model, trunk:dict, input_ids:torch.Tensor, completion_mask:torch.Tensor, first_layer:int) -> torch.Tensor:
+    "Per-token log-probs of the completion (batch, length-1, zero elsewhere), running `model`'s layers from `first_layer` on `trunk`."
+    h = trunk["hidden"]
+    for layer in model.model.layers[first_layer:]:
+        h = layer(h, **trunk["kwargs"])
+        if isinstance(h, tuple): h = h[0]   # older transformers return (hidden, ...)
+    scored = completion_mask[:, 1:].bool()
+    logits = model.lm_head(model.model.norm(h)[:, :-1][scored]).float()   # the vocabulary only where a token is scored
+    lp = logits.gather(-1, input_ids[:, 1:][scored][:, None]).squeeze(-1) - logits.logsumexp(-1)
+    return torch.zeros(scored.shape, dtype=lp.dtype, device=lp.device).masked_scatter(scored, lp)
+
+# %% ../nbs/06_log_derivative.ipynb #c22eee71
+def shared_trunk_depth(policy, ref) -> int|None:
+    "First decoder layer with trainable parameters, if every parameter below it is frozen and equal in `ref`; else None."
+    layers = getattr(getattr(policy, "model", None), "layers", None)
+    if layers is None or getattr(getattr(ref, "model", None), "layers", None) is None: return None
+    trainable = [i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())]
+    if not trainable: return None
+    first, ours, theirs = trainable[0], dict(policy.named_parameters()), dict(ref.named_parameters())
+    below = [n for n in ours if n.startswith("model.embed_tokens.") or any(n.startswith(f"model.layers.{i}.") for i in range(first))]
+    if any(ours[n].requires_grad or n not in theirs or not torch.equal(ours[n], theirs[n]) for n in below): return None
+    return first
+
+def policy_and_ref_logprobs(policy, ref, input_ids:torch.Tensor, attention_mask:torch.Tensor, completion_mask:torch.Tensor,
+                            first_layer:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-token completion log-probs under `policy` (with gradient) and `ref` (without); with `first_layer`, the shared trunk runs once."
+    if first_layer is None:
+        with torch.no_grad(): ref_logp, _ = sequence_logprobs(ref, input_ids, attention_mask, completion_mask)
+        return sequence_logprobs(policy, input_ids, attention_mask, completion_mask)[0], ref_logp
+    trunk, mask = trunk_states(policy, input_ids, attention_mask, first_layer), completion_mask * attention_mask
+    with torch.no_grad(): ref_logp = top_logprobs(ref, trunk, input_ids, mask, first_layer)
+    return top_logprobs(policy, trunk, input_ids, mask, first_layer), ref_logp
+
+# %% ../nbs/06_log_derivative.ipynb #010e286d
 @dataclass
 class ReinforceSettings:
     "Hyper-parameters of `train_reinforce`."
@@ -89,13 +140,15 @@ class ReinforceSettings:
     max_new_tokens: int = 16  # response length limit
     lr: float = 5e-4  # AdamW learning rate for the trainable (LoRA) parameters
     kl_coef: float = 0.05  # β: reward -= β · KL(π || π_ref); 0 = no penalty
+    shared_trunk: bool = True  # run the frozen layers below the adapters once for both models (exact; checked, else two full passes)
     seed: int = 0  # sampling seed
 
 def train_reinforce(policy, ref, tokenizer, prompts:list[str], reward_fn, s:ReinforceSettings=ReinforceSettings()) -> pd.DataFrame:
-    "REINFORCE with a leave-one-out baseline and a KL penalty to `ref`; returns per-step reward and KL."
+    "REINFORCE with a leave-one-out baseline and a KL penalty to `ref`; returns per-step reward, KL, length and finished fraction."
     from alignbook.sampling import generate
     params = [p for p in policy.parameters() if p.requires_grad]
     opt, g, log = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0), torch.Generator().manual_seed(s.seed), []
+    first_layer = shared_trunk_depth(policy, ref) if s.shared_trunk else None
     tokenizer.padding_side = "left"
     for step in (bar := tqdm(range(s.steps), desc="REINFORCE")):
         batch_prompts = [prompts[i] for i in torch.randint(0, len(prompts), (s.prompts_per_step,), generator=g).tolist()]
@@ -112,19 +165,19 @@ def train_reinforce(policy, ref, tokenizer, prompts:list[str], reward_fn, s:Rein
         attn = torch.cat([enc["attention_mask"].repeat_interleave(s.samples_per_prompt, 0), gen_mask], 1)
         comp = torch.cat([torch.zeros_like(enc["attention_mask"]).repeat_interleave(s.samples_per_prompt, 0), gen_mask], 1)
         policy.train()
-        logp_tok, logp = sequence_logprobs(policy, seqs, attn, comp)
-        with torch.no_grad(): ref_tok, _ = sequence_logprobs(ref, seqs, attn, comp)
+        logp_tok, ref_tok = policy_and_ref_logprobs(policy, ref, seqs, attn, comp, first_layer)
         kl = kl_penalty(logp_tok.detach(), ref_tok, comp[:, 1:].float())
         shaped = (rewards - s.kl_coef * kl).view(s.prompts_per_step, s.samples_per_prompt)
         advantages = (shaped - leave_one_out_baseline(shaped)).flatten()
-        loss = reinforce_loss(logp, advantages)
+        loss = reinforce_loss(logp_tok.sum(-1), advantages)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-        log.append(dict(step=step + 1, reward=rewards.mean().item(), kl=kl.mean().item(), length=gen_mask.sum(1).float().mean().item()))
+        log.append(dict(step=step + 1, reward=rewards.mean().item(), kl=kl.mean().item(), length=gen_mask.sum(1).float().mean().item(),
+                        finished=finished.float().mean().item()))
         bar.set_postfix(reward=f"{log[-1]['reward']:.2f}", kl=f"{log[-1]['kl']:.2f}")
     policy.eval()
     return pd.DataFrame(log)
 
-# %% ../nbs/06_log_derivative.ipynb #dfee2e2d
+# %% ../nbs/06_log_derivative.ipynb #d3b0236a
 def clipped_surrogate(logp:torch.Tensor, old_logp:torch.Tensor, advantages:torch.Tensor, clip:float=0.2) -> torch.Tensor:
     "PPO's clipped objective as a loss: -mean(min(ρA, clip(ρ, 1-ε, 1+ε)A)) with ρ = exp(logp - old_logp)."
     ratio = (logp - old_logp.detach()).exp()

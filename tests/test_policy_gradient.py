@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.policy_gradient import (ReinforceSettings, categorical_score_estimate, check_rewards, clipped_surrogate,
-                                       gaussian_score_estimate, leave_one_out_baseline, reinforce_loss, response_mask,
-                                       train_reinforce)
+                                       gaussian_score_estimate, leave_one_out_baseline, policy_and_ref_logprobs, reinforce_loss,
+                                       response_mask, shared_trunk_depth, train_reinforce)
 
 
 def test_categorical_estimate_is_unbiased():
@@ -72,7 +72,7 @@ def test_bad_rewards_are_refused_before_any_update():
             train_reinforce(policy, ref, tok, ["Hello", "Hi there"], bad, s)
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
     log = train_reinforce(policy, ref, tok, ["Hello", "Hi there"], lambda texts, done: [1.0] * len(texts), s)
-    assert list(log.columns) == ["step", "reward", "kl", "length"] and log.reward.iloc[0] == 1.0
+    assert list(log.columns) == ["step", "reward", "kl", "length", "finished"] and log.reward.iloc[0] == 1.0
 
 
 def test_response_mask_and_reward_checks():
@@ -81,3 +81,59 @@ def test_response_mask_and_reward_checks():
         check_rewards([[1.0, 2.0, 3.0]], 3)
     with pytest.raises(ValueError, match="at least 2"):
         leave_one_out_baseline(torch.tensor([1.0]))
+
+
+def _frozen(model):
+    for p in model.parameters(): p.requires_grad_(False)
+    return model
+
+
+def _policy(seed=0, targets=("layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj")):
+    torch.manual_seed(seed)
+    policy = inject_lora(load_model(TINY, device="cpu"), list(targets), r=4)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.3)   # so that the policy differs from the reference
+    return policy
+
+
+def test_shared_trunk_equals_two_full_forward_passes():
+    ref, policy = _frozen(load_model(TINY, device="cpu")), _policy()
+    assert shared_trunk_depth(policy, ref) == 1
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5000, (3, 12), generator=g)
+    attn = torch.ones_like(ids); attn[0, :4] = 0; attn[2, 10:] = 0            # left padding, and a finished row
+    comp = torch.zeros_like(ids); comp[:, 6:] = 1
+    full, full_ref = policy_and_ref_logprobs(policy, ref, ids, attn, comp)
+    fast, fast_ref = policy_and_ref_logprobs(policy, ref, ids, attn, comp, first_layer=1)
+    torch.testing.assert_close(fast, full); torch.testing.assert_close(fast_ref, full_ref)
+    assert (fast[2, 9:] == 0).all() and (fast[:, :5] == 0).all() and (full - full_ref).abs().max() > 1e-2
+    params = [p for p in policy.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(full.sum(), params)):
+        torch.testing.assert_close(a, b)
+
+
+def test_shared_trunk_is_refused_where_it_would_change_the_answer():
+    ref = _frozen(load_model(TINY, device="cpu"))
+    assert shared_trunk_depth(_policy(), _frozen(load_model(TINY, device="cpu", seed=1))) is None   # other reference weights
+    embeddings = _policy(); embeddings.model.embed_tokens.weight.requires_grad_(True)
+    assert shared_trunk_depth(embeddings, ref) is None                                              # a trainable trunk
+    assert shared_trunk_depth(_frozen(load_model(TINY, device="cpu")), ref) is None                 # nothing trainable
+    assert shared_trunk_depth(torch.nn.Linear(2, 2), ref) is None                                   # no model.layers
+    assert shared_trunk_depth(_policy(targets=["layers.0.self_attn.q_proj"]), ref) == 0             # embeddings only
+
+
+def test_train_reinforce_is_the_same_with_and_without_the_shared_trunk():
+    tok, ref = load_tokenizer(TINY), _frozen(load_model(TINY, device="cpu"))
+    reward = lambda texts, done: [len(t) / 10 for t in texts]
+    out = {}
+    for shared in (True, False):
+        policy = _policy()
+        s = ReinforceSettings(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, shared_trunk=shared)
+        out[shared] = train_reinforce(policy, ref, tok, ["Hello", "Hi there", "Name a color"], reward, s), policy
+    (log_a, pol_a), (log_b, pol_b) = out[True], out[False]
+    assert log_a.kl.abs().max() > 0
+    pd_close = lambda a, b: torch.testing.assert_close(torch.tensor(a.values), torch.tensor(b.values), rtol=1e-4, atol=1e-5)
+    pd_close(log_a, log_b)
+    for (n, a), b in zip(pol_a.named_parameters(), pol_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
