@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/distributions.html.md"""
 
 # %% auto #0
 __all__ = ['softmax', 'next_token_logits', 'top_tokens', 'entropy', 'token_logprobs', 'encode_prompt_completion', 'pad_batch',
-           'sequence_logprobs', 'entropy_along']
+           'sequence_logprobs', 'response_mask', 'entropy_along']
 
 # %% ../nbs/01_distributions.ipynb #0e97dd1b
 import math
@@ -76,6 +76,16 @@ def sequence_logprobs(model, input_ids:torch.Tensor, attention_mask:torch.Tensor
     mask = (attention_mask if completion_mask is None else completion_mask * attention_mask)[:, 1:].to(logits.dtype)
     per_token = token_logprobs(logits, input_ids) * mask
     return per_token, per_token.sum(-1)
+
+# %% ../nbs/01_distributions.ipynb #038bd2c0
+def response_mask(generated:torch.Tensor, # (batch, new tokens) the generated part only
+                  stop_ids:list[int], # token ids that end a response (EOS)
+                 ) -> torch.Tensor:
+    "1 on each generated token up to and including the first stop token, 0 after it."
+    stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
+    before = torch.ones_like(generated)
+    before[:, 1:] = (~stop[:, :-1]).long().cummin(1).values
+    return before
 
 # %% ../nbs/01_distributions.ipynb #dcf6d79a
 @torch.no_grad()

@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
-           'train_bandit', 'response_mask', 'kl_penalty', 'trunk_states', 'top_logprobs', 'shared_trunk_depth',
+           'train_bandit', 'kl_penalty', 'trunk_states', 'top_logprobs', 'shared_trunk_depth',
            'policy_and_ref_logprobs', 'ReinforceSettings', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .distributions import sequence_logprobs
+from .distributions import response_mask, sequence_logprobs
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n:int) -> torch.Tensor:
@@ -69,13 +69,6 @@ def train_bandit(arm_probs:torch.Tensor, steps:int=300, batch:int=16, lr:float=1
     return curve
 
 # %% ../nbs/06_log_derivative.ipynb #970a273e
-def response_mask(generated:torch.Tensor, stop_ids:list[int]) -> torch.Tensor:
-    "1 on each generated token up to and including the first stop token, 0 after it (padding)."
-    stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
-    before = torch.ones_like(generated)
-    before[:, 1:] = (~stop[:, :-1]).long().cummin(1).values
-    return before
-
 def kl_penalty(logp:torch.Tensor, ref_logp:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
     "Per-sequence KL estimate Σ_t (log π - log π_ref) over the masked (sampled) tokens."
     return ((logp - ref_logp) * mask).sum(-1)

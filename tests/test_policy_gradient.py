@@ -8,9 +8,10 @@ from hypothesis import given, settings, strategies as st
 
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
+from alignbook.distributions import response_mask
 from alignbook.policy_gradient import (ReinforceSettings, categorical_score_estimate, check_rewards, clipped_surrogate,
                                        gaussian_score_estimate, leave_one_out_baseline, policy_and_ref_logprobs, reinforce_loss,
-                                       response_mask, shared_trunk_depth, train_reinforce)
+                                       shared_trunk_depth, train_reinforce)
 
 
 def test_categorical_estimate_is_unbiased():
