@@ -7,18 +7,20 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
            'train_bandit', 'kl_penalty', 'trunk_states', 'top_logprobs', 'shared_trunk_depth',
-           'policy_and_ref_logprobs', 'ReinforceSettings', 'train_reinforce', 'clipped_surrogate']
+           'policy_and_ref_logprobs', 'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
-import math
+import math, time
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .distributions import response_mask, sequence_logprobs
+from .sampling import generate
+from .training import (TrainConfig, check_finite, log_row, make_optimizer, optimizer_step, prepare,
+                                sampling_generator, trainable_parameters, training_mode, unwrap)
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n:int) -> torch.Tensor:
@@ -125,50 +127,87 @@ def policy_and_ref_logprobs(policy, ref, input_ids:torch.Tensor, attention_mask:
 
 # %% ../nbs/06_log_derivative.ipynb #010e286d
 @dataclass
-class ReinforceSettings:
-    "Hyper-parameters of `train_reinforce`."
+class ReinforceSettings(TrainConfig):
+    "Hyper-parameters of `train_reinforce`: `TrainConfig`'s (its batch is `prompts_per_step` × `samples_per_prompt`)."
     steps: int = 20  # policy updates
-    prompts_per_step: int = 4  # distinct prompts per update
+    lr: float = 5e-4  # AdamW learning rate for the trainable (LoRA) parameters
+    prompts_per_step: int = 4  # distinct prompts per update, on each process
     samples_per_prompt: int = 4  # responses per prompt (the leave-one-out group)
     max_new_tokens: int = 16  # response length limit
-    lr: float = 5e-4  # AdamW learning rate for the trainable (LoRA) parameters
     kl_coef: float = 0.05  # β: reward -= β · KL(π || π_ref); 0 = no penalty
-    shared_trunk: bool = True  # run the frozen layers below the adapters once for both models (exact; checked, else two full passes)
-    seed: int = 0  # sampling seed
+    shared_trunk: bool = True  # run the frozen layers below the adapters once for both models (checked, else two passes)
+    seed: int = 0  # seeds prompt choice and sampling
 
-def train_reinforce(policy, ref, tokenizer, prompts:list[str], reward_fn, s:ReinforceSettings=ReinforceSettings()) -> pd.DataFrame:
-    "REINFORCE with a leave-one-out baseline and a KL penalty to `ref`; returns per-step reward, KL, length and finished fraction."
-    from alignbook.sampling import generate
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt, g, log = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0), torch.Generator().manual_seed(s.seed), []
-    first_layer = shared_trunk_depth(policy, ref) if s.shared_trunk else None
-    tokenizer.padding_side = "left"
-    for step in (bar := tqdm(range(s.steps), desc="REINFORCE")):
-        batch_prompts = [prompts[i] for i in torch.randint(0, len(prompts), (s.prompts_per_step,), generator=g).tolist()]
-        enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(policy.device)
-        torch.manual_seed(s.seed * 100_003 + step)
-        policy.eval()
-        seqs = generate(policy, **enc, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=s.max_new_tokens,
-                        num_return_sequences=s.samples_per_prompt)
-        P = enc["input_ids"].shape[1]
-        gen_mask = response_mask(seqs[:, P:], [tokenizer.eos_token_id])
-        texts = tokenizer.batch_decode(seqs[:, P:] * gen_mask + tokenizer.pad_token_id * (1 - gen_mask), skip_special_tokens=True)
-        finished = (seqs[:, P:] == tokenizer.eos_token_id).any(1)
-        rewards = check_rewards(reward_fn(texts, finished), len(texts)).to(policy.device)   # refuse NaN / wrong shape before updating
-        attn = torch.cat([enc["attention_mask"].repeat_interleave(s.samples_per_prompt, 0), gen_mask], 1)
-        comp = torch.cat([torch.zeros_like(enc["attention_mask"]).repeat_interleave(s.samples_per_prompt, 0), gen_mask], 1)
-        policy.train()
-        logp_tok, ref_tok = policy_and_ref_logprobs(policy, ref, seqs, attn, comp, first_layer)
-        kl = kl_penalty(logp_tok.detach(), ref_tok, comp[:, 1:].float())
-        shaped = (rewards - s.kl_coef * kl).view(s.prompts_per_step, s.samples_per_prompt)
-        advantages = (shaped - leave_one_out_baseline(shaped)).flatten()
-        loss = reinforce_loss(logp_tok.sum(-1), advantages)
-        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-        log.append(dict(step=step + 1, reward=rewards.mean().item(), kl=kl.mean().item(), length=gen_mask.sum(1).float().mean().item(),
-                        finished=finished.float().mean().item()))
-        bar.set_postfix(reward=f"{log[-1]['reward']:.2f}", kl=f"{log[-1]['kl']:.2f}")
-    policy.eval()
-    return pd.DataFrame(log)
+    def problems(self) -> list[str]:
+        return super().problems() + [msg for ok, msg in [
+            (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
+            (self.samples_per_prompt >= 2, f"samples_per_prompt must be >= 2 (leave-one-out), got {self.samples_per_prompt}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (self.grad_accum_steps == 1, "REINFORCE samples a fresh batch every step: grad_accum_steps must be 1"),
+            (self.seed is not None, "REINFORCE needs an integer seed")] if not ok]
+
+def check_reference(policy, ref):
+    "Refuse a reference that is the policy, or shares its trainable weights: the KL would be 0 whatever the policy does."
+    if ref is None: raise ValueError("REINFORCE with a KL penalty needs a reference model (a frozen copy of the start)")
+    trained = {p.data_ptr() for p in policy.parameters() if p.requires_grad}
+    if ref is policy or trained & {p.data_ptr() for p in ref.parameters()}:
+        raise ValueError("the reference model is the policy (or shares its trainable weights): KL(π || π_ref) would be 0 "
+                         "whatever the policy learns. Load a separate frozen copy of the starting model as the reference.")
+
+# %% ../nbs/06_log_derivative.ipynb #53c4902f
+def train_reinforce(policy, prompts:list[str], cfg:ReinforceSettings|None=None, tokenizer=None, reward_fn=None, ref=None,
+                    sample_fn=generate) -> list[dict]:
+    "REINFORCE with a leave-one-out baseline and a KL penalty to `ref`; returns the history (reward, KL, lengths)."
+    cfg = cfg or ReinforceSettings()
+    if tokenizer is None or reward_fn is None: raise ValueError("train_reinforce needs the tokenizer and a reward_fn")
+    check_reference(policy, ref)
+    params = trainable_parameters(policy)
+    first_layer = shared_trunk_depth(policy, ref) if cfg.shared_trunk else None
+    accelerator, wrapped = prepare(policy)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    opt, sched = make_optimizer(params, cfg)
+    pick, history, seen = torch.Generator().manual_seed(cfg.seed), [], 0
+    n, k = cfg.prompts_per_step, cfg.samples_per_prompt
+    with training_mode(policy, tokenizer, padding_side="left"):
+        for step in tqdm(range(1, cfg.steps + 1), desc="REINFORCE", disable=not accelerator.is_main_process):
+            t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+            # 1. sample k responses to each of this process's prompts (every process draws all, takes its share)
+            chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n:(rank + 1) * n].tolist()
+            enc = tokenizer([prompts[i] for i in chosen], return_tensors="pt", padding=True).to(device)
+            policy.eval()
+            seqs = sample_fn(unwrap(policy), enc["input_ids"], enc["attention_mask"], do_sample=True, temperature=1.0,
+                             top_k=0, max_new_tokens=cfg.max_new_tokens, num_return_sequences=k,
+                             generator=sampling_generator(cfg.seed, step - 1, rank, device))
+            P = enc["input_ids"].shape[1]
+            gen_mask = response_mask(seqs[:, P:], [tokenizer.eos_token_id])   # (n·k, new tokens): up to the first EOS
+            kept = seqs[:, P:] * gen_mask + tokenizer.pad_token_id * (1 - gen_mask)
+            texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
+            finished = (seqs[:, P:] == tokenizer.eos_token_id).any(1)
+            # 2. score: the reward function, refused (before any update) if not finite or of the wrong shape
+            rewards = check_rewards(reward_fn(texts, finished), len(texts)).to(device)
+            # 3. advantages: KL-shaped reward minus the leave-one-out mean of its group
+            attn = torch.cat([enc["attention_mask"].repeat_interleave(k, 0), gen_mask], 1)
+            comp = torch.cat([torch.zeros_like(enc["attention_mask"]).repeat_interleave(k, 0), gen_mask], 1)
+            policy.train()
+            logp_tok, ref_tok = wrapped(lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, comp, first_layer))
+            kl = kl_penalty(logp_tok.detach(), ref_tok, comp[:, 1:].float())          # (n·k,) nats per response
+            shaped = (rewards - cfg.kl_coef * kl).view(n, k)
+            advantages = (shaped - leave_one_out_baseline(shaped)).flatten()
+            # 4. update: the score-function surrogate; DDP averages the processes' gradients
+            loss = reinforce_loss(logp_tok.sum(-1), advantages)
+            stats = accelerator.reduce(torch.stack([loss.detach(), rewards.mean(), rewards.std(), kl.mean(),
+                                                    gen_mask.sum(1).float().mean(), (~finished).float().mean()]), "mean")
+            check_finite(stats[0], step)
+            accelerator.backward(loss)
+            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)
+            tokens = int(accelerator.reduce(attn.sum(), "sum"))
+            seen += tokens
+            history.append(log_row(step, 0.0, stats[0].item(), lr, grad_norm, seen, time.perf_counter() - t0, tokens,
+                                   reward=stats[1].item(), reward_std=stats[2].item(), kl=(stats[3] / stats[4]).item(),
+                                   kl_per_response=stats[3].item(), **{"completions/mean_length": stats[4].item(),
+                                                                       "completions/clipped_ratio": stats[5].item()}))
+    return history
 
 # %% ../nbs/06_log_derivative.ipynb #d3b0236a
 def clipped_surrogate(logp:torch.Tensor, old_logp:torch.Tensor, advantages:torch.Tensor, clip:float=0.2) -> torch.Tensor:

@@ -6,11 +6,11 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 
 # %% auto #0
 __all__ = ['simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss', 'load_reward_model',
-           'check_reward_model', 'last_token_index', 'reward_scores', 'tokenize_pairs', 'collate_pairs', 'win_rate',
-           'cache_features', 'scores_from_features', 'RewardSettings', 'train_reward']
+           'check_reward_model', 'last_token_index', 'reward_scores', 'pair_ids', 'tokenize_pairs', 'collate_pairs',
+           'win_rate', 'cache_features', 'scores_from_features', 'RewardSettings', 'pair_scores', 'train_reward']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
-import math, warnings
+import contextlib, math, time, warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import load_model, load_tokenizer
+from .models import decoder_layout, load_model, load_tokenizer
+from .sft import chat_ids
+from .training import (TrainConfig, autocast, check_finite, log_row, make_optimizer, optimizer_step, order_for,
+                                prepare, rows_for_step, trainable_parameters, training_mode)
 
 # %% ../nbs/04_reward_modeling.ipynb #89bc91ee
 def simulate_comparisons(strengths:torch.Tensor, n:int, generator:torch.Generator|None=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +69,7 @@ def load_reward_model(name=None, pad_token:str="<|endoftext|>", seed:int=0, **kw
     tok = load_tokenizer(name, padding_side="right")
     if pad_token not in tok.get_vocab(): raise ValueError(f"{pad_token!r} is not in the vocabulary; pass another pad_token")
     tok.pad_token = pad_token
-    model = load_model(name, kind="reward", seed=seed, **kwargs)
+    model = load_model(name, kind="reward", seed=seed, pad_token_id=tok.pad_token_id, **kwargs)
     model.config.pad_token_id = tok.pad_token_id
     check_reward_model(model)
     return model, tok
@@ -83,20 +86,45 @@ def last_token_index(attention_mask:torch.Tensor) -> torch.Tensor:
 
 def reward_scores(model, input_ids:torch.Tensor, attention_mask:torch.Tensor) -> torch.Tensor:
     "r(x, y) for each row: the score head on the hidden state at the last real token (found from the attention mask)."
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # any architecture
     rows = torch.arange(len(hidden), device=hidden.device)
     return model.score(hidden[rows, last_token_index(attention_mask)]).squeeze(-1)
 
 # %% ../nbs/04_reward_modeling.ipynb #0d32ad43
-def tokenize_pairs(rows, tokenizer, max_length:int|None=None) -> list[dict]:
-    "prompt+chosen and prompt+rejected token ids (EOS appended); pairs that are too long or degenerate are dropped and counted."
+def _reply_text(reply) -> str: return reply if isinstance(reply, str) else " ".join(m["content"] for m in reply)
+
+def pair_ids(row:dict, tokenizer) -> tuple[list[int], list[int]]:
+    "Token ids of the chosen and the rejected sequence of one preference row in any of TRL's formats."
+    for k in ("prompt", "chosen", "rejected"):
+        if k in row and not isinstance(row[k], (str, list)):
+            raise TypeError(f"field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text or messages")
+    prompt = row.get("prompt", "" if isinstance(row["chosen"], str) else [])
+    def ids(reply):
+        if isinstance(reply, list): return chat_ids(tokenizer, prompt + reply)
+        text = prompt + reply
+        return tokenizer(text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token)["input_ids"]
+    return ids(row["chosen"]), ids(row["rejected"])
+
+def tokenize_pairs(rows, tokenizer, max_length:int|None=None, truncation:str="drop") -> list[dict]:
+    "Chosen and rejected token ids of preference rows in TRL's formats; degenerate and over-long pairs dropped and counted."
+    if truncation not in ("drop", "keep_start", "keep_end"):
+        raise ValueError(f"truncation must be 'drop', 'keep_start' or 'keep_end', got {truncation!r}")
     kept, dropped = [], Counter()
-    for r in rows:
-        if not r["chosen"].strip() or not r["rejected"].strip(): dropped["empty response"] += 1; continue
-        if r["chosen"] == r["rejected"]: dropped["chosen == rejected"] += 1; continue
-        c = tokenizer(r["prompt"] + r["chosen"] + tokenizer.eos_token)["input_ids"]
-        j = tokenizer(r["prompt"] + r["rejected"] + tokenizer.eos_token)["input_ids"]
-        if max_length is not None and max(len(c), len(j)) > max_length: dropped[f"longer than {max_length} tokens"] += 1; continue
+    for i, r in enumerate(rows):
+        if not _reply_text(r["chosen"]).strip() or not _reply_text(r["rejected"]).strip():
+            dropped["empty response"] += 1
+            continue
+        if r["chosen"] == r["rejected"]:
+            dropped["chosen == rejected"] += 1
+            continue
+        try: c, j = pair_ids(r, tokenizer)
+        except TypeError as e: raise TypeError(f"row {i}: {e}") from None
+        if max_length is not None and max(len(c), len(j)) > max_length:
+            if truncation == "drop":
+                dropped[f"longer than {max_length} tokens"] += 1
+                continue
+            cut = slice(None, max_length) if truncation == "keep_start" else slice(-max_length, None)
+            c, j = c[cut], j[cut]
         kept.append(dict(chosen_ids=c, rejected_ids=j))
     if dropped: warnings.warn(f"tokenize_pairs: dropped {dropped.total()} of {dropped.total() + len(kept)} pairs: " +
                               ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=2)
@@ -112,15 +140,23 @@ def collate_pairs(rows:list[dict], pad_token_id:int) -> dict:
 # %% ../nbs/04_reward_modeling.ipynb #283077f2
 def win_rate(chosen:torch.Tensor, rejected:torch.Tensor, z:float=1.96) -> tuple[float, float, float]:
     "Fraction of pairs with reward(chosen) > reward(rejected) (ties count ½), with its Wilson confidence interval."
+    bad = torch.where(chosen.isnan() | rejected.isnan())[0].tolist()
+    if bad: raise ValueError(f"win_rate: NaN scores at pairs {bad[:5]} ({len(bad)} in all): a NaN is neither a win nor a loss")
     wins = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
     n, p = len(wins), wins.mean().item()
     centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return p, centre - half, centre + half
 
 # %% ../nbs/04_reward_modeling.ipynb #66cf6298
+def _check_llama_layout(model):
+    if decoder_layout(model)[0] != "model.layers" or not hasattr(model.model, "rotary_emb"):
+        raise NotImplementedError(f"{type(model).__name__}: cached features need a Llama-style model (Llama, Qwen2, "
+                                  "Mistral: model.layers with rotary embeddings); train it on token pairs instead")
+
 @torch.no_grad()
 def cache_features(model, pairs:list[dict], top_k:int, pad_token_id:int, batch_size:int=8) -> list[dict]:
     "Hidden states at the input of the last `top_k` layers for each pair's two sequences, computed once (frozen layers)."
+    _check_llama_layout(model)
     layer, out = model.config.num_hidden_layers - top_k, []
     for i in tqdm(range(0, len(pairs), batch_size), desc="caching features"):
         chunk = pairs[i:i + batch_size]
@@ -128,47 +164,94 @@ def cache_features(model, pairs:list[dict], top_k:int, pad_token_id:int, batch_s
         h = model.model(**{k: v.to(model.device) for k, v in b.items()}, output_hidden_states=True).hidden_states[layer]
         n = len(chunk)
         for j, r in enumerate(chunk):
-            out.append(dict(chosen=h[j, :len(r["chosen_ids"])].cpu(), rejected=h[n + j, :len(r["rejected_ids"])].cpu()))
+            out.append(dict(chosen=h[j, :len(r["chosen_ids"])].cpu(), rejected=h[n + j, :len(r["rejected_ids"])].cpu(),
+                            layer=layer))
     return out
 
 def scores_from_features(model, feats:list[dict], top_k:int) -> tuple[torch.Tensor, torch.Tensor]:
     "Rewards of chosen and rejected from cached hidden states: the top `top_k` layers, final norm and score head."
+    layer = model.config.num_hidden_layers - top_k
+    if any(f.get("layer", layer) != layer for f in feats):
+        raise ValueError(f"these features were cached at layer {feats[0].get('layer')}, but top_k={top_k} starts at layer "
+                         f"{layer}: cache them again with the same top_k")
     seqs = [f["chosen"] for f in feats] + [f["rejected"] for f in feats]
     lengths = torch.tensor([len(s) for s in seqs], device=model.device)
     h = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(model.device)     # right padding
     pos = torch.arange(h.shape[1], device=h.device)[None].expand(len(seqs), -1)
     rope = model.model.rotary_emb(h, pos)
-    for layer in model.model.layers[model.config.num_hidden_layers - top_k:]:
-        h = layer(h, attention_mask=None, position_embeddings=rope, position_ids=pos)  # causal: padding is after every real token
+    for block in model.model.layers[layer:]:
+        h = block(h, attention_mask=None, position_embeddings=rope, position_ids=pos)  # causal: padding follows real tokens
     h = model.model.norm(h)
     r = model.score(h[torch.arange(len(seqs), device=h.device), lengths - 1]).squeeze(-1)
     return r[:len(feats)], r[len(feats):]
 
 # %% ../nbs/04_reward_modeling.ipynb #460fadb0
 @dataclass
-class RewardSettings:
-    "Hyper-parameters of `train_reward`."
+class RewardSettings(TrainConfig):
+    "Hyper-parameters of `train_reward`: `TrainConfig`'s, with the reward model's defaults and loss options."
     steps: int = 150  # optimizer steps
-    batch_size: int = 8  # pairs per step
-    lr: float = 1e-4  # AdamW learning rate (constant)
-    max_grad_norm: float = 1.0  # clip the gradient's global norm to this
     margin: float|None = None  # optional margin in the pairwise loss
     center_coef: float|None = None  # optional reward-centering coefficient
-    top_k: int = 2  # decoder layers trained on top of the cached features
-    seed: int|None = 0  # shuffling seed; None keeps the order
+    top_k: int = 2  # decoder layers trained on top of cached features (must match `cache_features`)
 
-def train_reward(model, feats:list[dict], s:RewardSettings=RewardSettings()) -> list[float]:
-    "Train the top `s.top_k` layers and the score head on cached features with the pairwise loss; returns the losses."
-    params = [p for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    order = list(range(len(feats))) if s.seed is None else torch.randperm(len(feats), generator=torch.Generator().manual_seed(s.seed)).tolist()
-    losses = []
-    model.train()
-    for step in (bar := tqdm(range(s.steps), desc="reward model")):
-        batch = [feats[order[(step * s.batch_size + j) % len(feats)]] for j in range(s.batch_size)]
-        rc, rr = scores_from_features(model, batch, s.top_k)
-        loss = pairwise_loss(rc, rr, s.margin, s.center_coef)
-        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm); opt.step()
-        losses.append(loss.item()); bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return losses
+def _check_features(model, feats:list[dict], top_k:int):
+    "Refuse non-finite features, and trainable weights below the cached layer (they would get no gradient)."
+    bad = [i for i, f in enumerate(feats) if not (torch.isfinite(f["chosen"]).all() and torch.isfinite(f["rejected"]).all())]
+    if bad: raise ValueError(f"features of pairs {bad[:5]} are NaN or inf ({len(bad)} pairs): fix or drop them")
+    layer = model.config.num_hidden_layers - top_k
+    below = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("score.")
+             and not any(n.startswith(f"model.layers.{i}.") or n.startswith("model.norm.")
+                         for i in range(layer, model.config.num_hidden_layers))]
+    if below: raise ValueError(f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from cached "
+                               f"features: freeze them, or raise top_k")
+
+def pair_scores(model, batch:list[dict], top_k:int, pad_token_id:int|None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Rewards of a batch of cached features or of token pairs."
+    if "chosen" in batch[0]: return scores_from_features(model, batch, top_k)
+    b = {k: v.to(model.device) for k, v in collate_pairs(batch, pad_token_id).items()}
+    r = reward_scores(model, **b)
+    return r[:len(batch)], r[len(batch):]
+
+# %% ../nbs/04_reward_modeling.ipynb #b23c3e18
+def train_reward(model, data, cfg:RewardSettings|None=None, tokenizer=None) -> list[dict]:
+    "Train the reward model's trainable weights with the pairwise loss on cached features, token pairs or preference rows."
+    cfg = cfg or RewardSettings()
+    if data and "chosen_ids" not in data[0] and "layer" not in data[0]:   # preference rows: tokenize them
+        if tokenizer is None: raise ValueError("preference rows need the tokenizer; or pass tokenized pairs or features")
+        data = tokenize_pairs(data, tokenizer)
+    features = bool(data) and "layer" in data[0]
+    if features: _check_features(model, data, cfg.top_k)
+    pad = None if features else (tokenizer.pad_token_id if tokenizer is not None else model.config.pad_token_id)
+    check_reward_model(model)
+    params = trainable_parameters(model)
+    accelerator, wrapped = prepare(model)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    opt, sched = make_optimizer(params, cfg)
+    order, history, seen = order_for(len(data), cfg.seed), [], 0
+    n_pairs = cfg.batch_size * world * cfg.grad_accum_steps          # pairs per optimizer step, every process
+    with training_mode(model):
+        for step in tqdm(range(1, cfg.steps + 1), desc="reward model", disable=not accelerator.is_main_process):
+            t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+            micro = rows_for_step(order, step, cfg, rank, world)   # 1. this process's pairs
+            totals = torch.zeros(5, device=device)  # loss sum, wins, margin sum, reward sum, tokens
+            for m, idx in enumerate(micro):
+                batch = [data[i] for i in idx]
+                last = m == len(micro) - 1
+                with (accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()), autocast(cfg, device):
+                    # 2. score both replies, Bradley-Terry loss summed over the pairs
+                    rc, rr = wrapped(pair_scores, batch, cfg.top_k, pad)
+                    loss_sum = pairwise_loss(rc.float(), rr.float(), cfg.margin, cfg.center_coef) * len(batch)
+                    tokens = sum(len(b["chosen" if features else "chosen_ids"]) +
+                                 len(b["rejected" if features else "rejected_ids"]) for b in batch)
+                    sums = accelerator.reduce(torch.stack([loss_sum.detach(), (rc > rr).sum().float(),
+                                                           (rc - rr).sum().detach(), (rc + rr).sum().detach() / 2,
+                                                           torch.tensor(float(tokens), device=device)]), "sum")
+                    check_finite(sums[0], step)
+                    accelerator.backward(loss_sum * world / n_pairs)   # DDP averages over processes: the global mean
+                totals += sums
+            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)   # 3. update
+            seen += int(totals[4])                                                   # 4. log
+            history.append(log_row(step, step * n_pairs / len(data), totals[0].item() / n_pairs, lr, grad_norm, seen,
+                                   time.perf_counter() - t0, int(totals[4]), accuracy=totals[1].item() / n_pairs,
+                                   margin=totals[2].item() / n_pairs, mean_reward=totals[3].item() / n_pairs))
+    return history

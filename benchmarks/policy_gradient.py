@@ -58,7 +58,7 @@ def main(repeats, steps, rows, new_tokens):
         policy = inject_lora(load_model(device="cpu"), TARGETS, r=8, alpha=16)
         s = ReinforceSettings(steps=steps, prompts_per_step=len(prompts), samples_per_prompt=n, max_new_tokens=new_tokens,
                               lr=3e-3, kl_coef=0.1, shared_trunk=flag)
-        t = time.perf_counter(); train_reinforce(policy, ref, tok, prompts, reward, s); per_step[flag] = (time.perf_counter() - t) / steps
+        t = time.perf_counter(); train_reinforce(policy, prompts, s, tok, reward, ref); per_step[flag] = (time.perf_counter() - t) / steps
     print(f"train_reinforce step ({steps} steps, {rows} samples, <= {new_tokens} new tokens): full {per_step[False]:.2f} s, "
           f"shared trunk {per_step[True]:.2f} s, ratio {per_step[True] / per_step[False]:.2f}")
 

@@ -38,9 +38,9 @@ def main(steps=10, warmup=2, batch_size=8, max_length=128):
     tokens = sum(len(r["input_ids"]) for r in rows[warmup * batch_size:])
 
     model = load_model(device="cpu"); train_only(model, top_layers(model, 4))
-    train_sft(model, rows[:warmup * batch_size], tok.pad_token_id, SFTSettings(steps=warmup, batch_size=batch_size, eval_every=0, seed=None))
+    train_sft(model, rows[:warmup * batch_size], SFTSettings(steps=warmup, batch_size=batch_size, eval_every=0, seed=None), tok)
     t = time.perf_counter()
-    train_sft(model, rows[warmup * batch_size:], tok.pad_token_id, SFTSettings(steps=steps, batch_size=batch_size, eval_every=0, seed=None))
+    train_sft(model, rows[warmup * batch_size:], SFTSettings(steps=steps, batch_size=batch_size, eval_every=0, seed=None), tok)
     ours = (time.perf_counter() - t) / steps
 
     model = load_model(device="cpu"); train_only(model, top_layers(model, 4))

@@ -84,8 +84,8 @@ def test_trained_reward_head_survives_reload(tmp_path):
 
 
 def test_new_reward_head_is_seeded():
-    a, b = (load_model(kind="reward", device="cpu", seed=s).score.weight for s in (0, 1))
-    assert torch.equal(a, load_model(kind="reward", device="cpu", seed=0).score.weight)
+    a, b = (load_model(kind="reward", device="cpu", seed=s, pad_token_id=0).score.weight for s in (0, 1))
+    assert torch.equal(a, load_model(kind="reward", device="cpu", seed=0, pad_token_id=0).score.weight)
     assert not torch.equal(a, b)
     assert 0.015 < a.std().item() < 0.025  # normal with std = initializer_range = 0.02
 
@@ -93,6 +93,7 @@ def test_new_reward_head_is_seeded():
 def test_reward_score_reads_last_non_pad_token():
     "With right padding, a padded sequence scores the same as alone; the tiny model checks this in milliseconds."
     tok, rm = load_tokenizer(TINY), load_model(TINY, kind="reward", device="cpu")
+    tok.pad_token = "<|endoftext|>"   # the tiny reward model pads with it (pad must not be EOS)
     texts = ["a much longer text than the other one", "short"]
     with torch.no_grad():
         batch = rm(**tok(texts, return_tensors="pt", padding=True)).logits

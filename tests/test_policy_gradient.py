@@ -1,6 +1,7 @@
 "Score-function estimators against exact gradients; baselines; the clipped surrogate; bad rewards refused before updating."
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,10 +71,11 @@ def test_bad_rewards_are_refused_before_any_update():
     s = ReinforceSettings(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4)
     for bad, msg in [(lambda texts, done: [float("nan")] * len(texts), "non-finite"), (lambda texts, done: [1.0], "must return 4")]:
         with pytest.raises(ValueError, match=msg):
-            train_reinforce(policy, ref, tok, ["Hello", "Hi there"], bad, s)
+            train_reinforce(policy, ["Hello", "Hi there"], s, tok, bad, ref)
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
-    log = train_reinforce(policy, ref, tok, ["Hello", "Hi there"], lambda texts, done: [1.0] * len(texts), s)
-    assert list(log.columns) == ["step", "reward", "kl", "length", "finished"] and log.reward.iloc[0] == 1.0
+    log = pd.DataFrame(train_reinforce(policy, ["Hello", "Hi there"], s, tok, lambda texts, done: [1.0] * len(texts), ref))
+    assert {"step", "loss", "learning_rate", "grad_norm", "reward", "kl", "completions/mean_length"} <= set(log.columns)
+    assert log.reward.iloc[0] == 1.0 and log.step.tolist() == [1]
 
 
 def test_response_mask_and_reward_checks():
@@ -131,7 +133,8 @@ def test_train_reinforce_is_the_same_with_and_without_the_shared_trunk():
     for shared in (True, False):
         policy = _policy()
         s = ReinforceSettings(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, shared_trunk=shared)
-        out[shared] = train_reinforce(policy, ref, tok, ["Hello", "Hi there", "Name a color"], reward, s), policy
+        log = train_reinforce(policy, ["Hello", "Hi there", "Name a color"], s, tok, reward, ref)
+        out[shared] = pd.DataFrame(log).drop(columns=["tokens_per_second"]), policy
     (log_a, pol_a), (log_b, pol_b) = out[True], out[False]
     assert log_a.kl.abs().max() > 0
     pd_close = lambda a, b: torch.testing.assert_close(torch.tensor(a.values), torch.tensor(b.values), rtol=1e-4, atol=1e-5)

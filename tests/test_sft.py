@@ -73,5 +73,7 @@ def test_train_sft_lowers_the_loss_of_its_rows(tok):
     model = load_model(TINY, device="cpu")
     train_only(model, ["model."])  # the whole tiny model: a random network needs its embeddings trained too
     rows = prepare_sft(json_format_rows(16, seed=0), tok, "chat")
-    hist = train_sft(model, rows, tok.pad_token_id, SFTSettings(steps=30, batch_size=8, lr=3e-3, eval_every=0))
-    assert sum(hist["loss"][-5:]) / 5 < 0.7 * sum(hist["loss"][:5]) / 5
+    hist = train_sft(model, rows, SFTSettings(steps=30, batch_size=8, lr=3e-3, eval_every=0), tok)
+    losses = [h["loss"] for h in hist]
+    assert [h["step"] for h in hist] == list(range(1, 31))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
