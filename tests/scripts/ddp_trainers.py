@@ -1,0 +1,53 @@
+"""Run SFT, reward and REINFORCE training on the tiny model, in one process or under torchrun, and save what came out.
+
+python tests/scripts/ddp_trainers.py OUT BATCH        one process, BATCH rows per step
+torchrun --nproc_per_node 2 tests/scripts/ddp_trainers.py OUT BATCH   two processes, BATCH rows each
+Writes OUT/{sft,reward,features}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt from each.
+"""
+import json, sys
+from pathlib import Path
+
+import torch
+
+from alignbook.lora import inject_lora
+from alignbook.models import TINY, load_model, load_tokenizer
+from alignbook.policy_gradient import ReinforceSettings, train_reinforce
+from alignbook.reward import RewardSettings, cache_features, load_reward_model, tokenize_pairs, train_reward
+from alignbook.sft import SFTSettings, train_only, train_sft
+from alignbook.training import prepare
+
+out, batch = Path(sys.argv[1]), int(sys.argv[2])
+accelerator, _ = prepare(torch.nn.Linear(1, 1))
+main, rank = accelerator.is_main_process, accelerator.process_index
+words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+def save(name, history, model):
+    if not main: return
+    (out / f"{name}_history.json").write_text(json.dumps(history))
+    torch.save({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, out / f"{name}_weights.pt")
+
+# SFT: completions of different lengths, so that the ranks hold different token counts
+tok = load_tokenizer(TINY)
+rows = [dict(prompt=f"Repeat {i}:", completion=" " + " ".join(words[: 1 + (3 * i) % 11])) for i in range(16)]
+model = load_model(TINY, device="cpu")
+train_only(model, ["model.layers.1.", "model.norm."])
+save("sft", train_sft(model, rows, SFTSettings(steps=3, batch_size=batch, lr=1e-2, eval_every=0, seed=0), tok), model)
+
+# reward: token pairs (the whole model runs) and cached features (the top layer runs)
+rm, rtok = load_reward_model(TINY)
+pairs = tokenize_pairs([dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12])
+                        for i in range(16)], rtok)
+train_only(rm, ["model.layers.1.", "model.norm.", "score."])
+save("reward", train_reward(rm, pairs, RewardSettings(steps=3, batch_size=batch, lr=1e-2, top_k=1), rtok), rm)
+rm, rtok = load_reward_model(TINY)
+train_only(rm, ["model.layers.1.", "model.norm.", "score."])
+feats = cache_features(rm, pairs, 1, rtok.pad_token_id)
+save("features", train_reward(rm, feats, RewardSettings(steps=3, batch_size=batch, lr=1e-2, top_k=1)), rm)
+
+# REINFORCE: each rank samples its own responses; the ranks must stay in sync
+policy, ref = inject_lora(load_model(TINY, device="cpu"), ["q_proj", "v_proj"], r=2), load_model(TINY, device="cpu")
+for p in ref.parameters(): p.requires_grad_(False)
+cfg = ReinforceSettings(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2)
+history = train_reinforce(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
+torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
+           out / f"reinforce_rank{rank}.pt")
