@@ -1,4 +1,6 @@
 "LoRA equals PEFT: outputs (unmerged, merged, with dropout), scaling, and adapters that load both ways."
+import json, tempfile
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -90,7 +92,7 @@ def test_bad_input():
     base = torch.nn.Linear(4, 4)
     with pytest.raises(ValueError, match="rank r must be > 0"):
         LoRALinear(base, r=0)
-    with pytest.raises(ValueError, match="no nn.Linear module matches"):
+    with pytest.raises(ValueError, match="no nn.Linear or Conv1D module matches"):
         inject_lora(load_model(TINY, device="cpu"), ["attention.query"])
     layer = LoRALinear(base, r=2)
     merge(layer)
@@ -99,3 +101,79 @@ def test_bad_input():
     unmerge(layer)
     with pytest.raises(ValueError, match="not merged"):
         unmerge(layer)
+
+
+def _peft_and_ours(model_fn, config, **ours_kw):
+    "A PEFT model with random adapters, and ours loaded from PEFT's saved adapter."
+    theirs = get_peft_model(model_fn(), config)
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.1)
+    with tempfile.TemporaryDirectory() as d:
+        theirs.save_pretrained(d)
+        ours = load_lora(model_fn(), d)
+    return theirs, ours
+
+
+def test_alpha_and_rank_patterns_equal_peft():
+    "PEFT's per-module ranks and alphas: before, load_lora ignored alpha_pattern (logits off by 0.25-0.95)."
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], rank_pattern={"layers.0.self_attn.q_proj": 2},
+                     alpha_pattern={"v_proj": 32}, init_lora_weights=False)
+    theirs, ours = _peft_and_ours(lambda: load_model(TINY, device="cpu"), cfg)
+    ids = torch.tensor([[1, 5, 9, 200, 3000]])
+    with torch.no_grad(): torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+    assert ours.model.layers[0].self_attn.q_proj.r == 2 and ours.model.layers[1].self_attn.v_proj.alpha == 32
+
+
+@pytest.mark.parametrize("targets", [r".*layers\.1\.self_attn\.(q|k)_proj", "all-linear"])
+def test_regex_and_all_linear_targets_select_what_peft_selects(targets):
+    theirs, ours = _peft_and_ours(lambda: load_model(TINY, device="cpu"),
+                                  LoraConfig(r=2, target_modules=targets, init_lora_weights=False))
+    peft_names = {n.replace("base_model.model.", "") for n, m in theirs.named_modules() if hasattr(m, "lora_A")
+                  and isinstance(m.lora_A, torch.nn.ModuleDict)}
+    assert set(lora_layers(ours)) == peft_names and peft_names
+    ids = torch.tensor([[1, 5, 9, 200]])
+    with torch.no_grad(): torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_conv1d_layers_equal_peft():
+    "GPT-2 keeps its projections in Conv1D (weight stored in x out): wrapped, merged and loaded like PEFT does."
+    from transformers import GPT2Config, GPT2LMHeadModel
+    make = lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32)).eval()
+    torch.manual_seed(0); base = make().state_dict()
+    def model_fn():
+        m = make(); m.load_state_dict(base); return m
+    theirs, ours = _peft_and_ours(model_fn, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                       init_lora_weights=False))
+    ids = torch.tensor([[1, 5, 9, 20]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+        before = ours(ids).logits
+        for layer in lora_layers(ours).values(): merge(layer)
+        torch.testing.assert_close(ours(ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_load_leaves_the_model_as_it_was(tmp_path):
+    src = inject_lora(load_model(TINY, device="cpu"), ["q_proj"], r=4)
+    save_lora(src, tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    cfg["r"] = 2                                   # the weights are rank 4: loading must fail
+    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    model = load_model(TINY, device="cpu")
+    names = [n for n, _ in model.named_parameters()]
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_lora(model, tmp_path)
+    assert [n for n, _ in model.named_parameters()] == names and not lora_layers(model)
+    assert all(p.requires_grad for p in model.parameters())
+    cfg["r"], cfg["use_dora"] = 4, True
+    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not implement"):
+        load_lora(model, tmp_path)
+    assert not lora_layers(model)
+
+
+def test_adapters_on_a_bf16_model_are_float32():
+    model = inject_lora(load_model(TINY, device="cpu", dtype=torch.bfloat16), ["q_proj"], r=2)
+    layer = next(iter(lora_layers(model).values()))
+    assert layer.lora_A.weight.dtype == torch.float32 and layer.base_layer.weight.dtype == torch.bfloat16
+    assert model(torch.tensor([[1, 2, 3]])).logits.dtype == torch.bfloat16
