@@ -75,10 +75,17 @@ def source_info(name:str) -> str:
 
 # %% ../nbs/00b_data.ipynb #1e3d40ef
 def read_rows(path:Path|str) -> list[dict]:
-    "Rows of a `.json`/`.jsonl` file, gzipped or not."
+    "Rows of a `.json`/`.jsonl` file, gzipped or not; a damaged file or one that is not a list of rows is an error naming it."
     path = Path(path)
-    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
-        return json.load(f) if path.name.removesuffix(".gz").endswith(".json") else [json.loads(l) for l in f if l.strip()]
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
+            if path.name.removesuffix(".gz").endswith(".json"): rows = json.load(f)
+            else: rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it ({type(e).__name__}: {e}); the file is damaged, replace it") from e
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a list of rows (JSON objects), found {type(rows).__name__}")
+    return rows
 
 # %% ../nbs/00b_data.ipynb #b23e546d
 def _problem(row:dict, fields:list[str], distinct:tuple|None=None, may_be_empty:tuple=()) -> str|None:
@@ -86,6 +93,8 @@ def _problem(row:dict, fields:list[str], distinct:tuple|None=None, may_be_empty:
     for f in fields:
         v = row.get(f)
         if v is None: return f"missing {f}"
+        if not isinstance(v, (str, list)):   # text, or a conversation (a list of messages)
+            raise TypeError(f"field {f!r} is a {type(v).__name__} ({v!r:.40}), expected text")
         if f not in may_be_empty and (not v.strip() if isinstance(v, str) else len(v) == 0): return f"empty {f}"
     if distinct and row[distinct[0]] == row[distinct[1]]: return f"{distinct[0]} == {distinct[1]}"
     return None
@@ -93,15 +102,18 @@ def _problem(row:dict, fields:list[str], distinct:tuple|None=None, may_be_empty:
 def clean_rows(rows:list[dict], fields:list[str], distinct:tuple|None=None, may_be_empty:tuple=()) -> tuple[list[dict], Counter]:
     "Keep the rows that have every field non-empty (and `distinct` fields different); count the dropped ones by reason."
     kept, dropped = [], Counter()
-    for r in rows:
-        if why := _problem(r, fields, distinct, may_be_empty): dropped[why] += 1
+    for i, r in enumerate(rows):
+        try: why = _problem(r, fields, distinct, may_be_empty)
+        except TypeError as e: raise TypeError(f"row {i}: {e}") from None
+        if why: dropped[why] += 1
         else: kept.append({f: r[f] for f in fields})
     return kept, dropped
 
 def _to_dataset(name:str, rows:list[dict], fields:list[str], distinct:tuple|None=None, may_be_empty:tuple=(),
                 dropped_before:Counter|None=None) -> Dataset:
     "Clean `rows` into a Dataset and warn with the count of every dropped row (`dropped_before`: rows already set aside)."
-    kept, dropped = clean_rows(rows, fields, distinct, may_be_empty)
+    try: kept, dropped = clean_rows(rows, fields, distinct, may_be_empty)
+    except TypeError as e: raise TypeError(f"{name}: {e}") from None
     dropped += dropped_before or Counter()
     if dropped: warnings.warn(f"{name}: dropped {dropped.total()} of {len(rows) + (dropped_before or Counter()).total()} "
                               "rows: " + ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=3)
@@ -119,19 +131,19 @@ def split_dialogue(chosen:str, rejected:str) -> dict|None:
     return dict(prompt=chosen[:end], chosen=chosen[end:], rejected=rejected[end:])
 
 # %% ../nbs/00b_data.ipynb #3e7339d1
-def _hub_rows(name:str, **kwargs) -> list[dict]:
-    "Rows of `name` from the Hugging Face hub, with a clear error when the hub cannot be reached."
-    hub = SOURCES[name].hub
+def _hub_rows(dataset:str, **kwargs) -> list[dict]:
+    "Rows of `dataset` (a key of SOURCES; `kwargs` go to `load_dataset`) from the Hugging Face hub, with a clear error when the hub cannot be reached."
+    hub = SOURCES[dataset].hub
     if hub is None:
-        raise FileNotFoundError(f"{name!r} has no local copy (data dir: {data_dir()}) and no hub name. "
-                                f"Set {DATA_ENV} to the folder that holds {SOURCES[name].folder}/.")
+        raise FileNotFoundError(f"{dataset!r} has no local copy (data dir: {data_dir()}) and no hub name. "
+                                f"Set {DATA_ENV} to the folder that holds {SOURCES[dataset].folder}/.")
     try:
         from datasets import load_dataset
         return list(load_dataset(hub, **kwargs))
     except Exception as e:
-        raise FileNotFoundError(f"{name!r}: no local copy (data dir: {data_dir()}) and the hub dataset {hub!r} could not "
+        raise FileNotFoundError(f"{dataset!r}: no local copy (data dir: {data_dir()}) and the hub dataset {hub!r} could not "
                                 f"be loaded ({type(e).__name__}). Offline, set {DATA_ENV} to a folder that holds "
-                                f"{SOURCES[name].folder or name}/.") from e
+                                f"{SOURCES[dataset].folder or dataset}/.") from e
 
 # %% ../nbs/00b_data.ipynb #7fcda6a7
 def load_hh_rlhf(subsets:str|list[str]="helpful-base", # one or more of SOURCES['hh-rlhf'].files
@@ -152,6 +164,12 @@ ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 def _message(turn:dict) -> dict: return {"role": ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
 
+def _winner(preference) -> int|None:
+    "AlpacaEval's preference in [1, 2] (an average of judges): below 1.5 output_1 wins, above output_2, 1.5 is a tie."
+    try: p = float(preference)
+    except (TypeError, ValueError): return None
+    return None if not 1 <= p <= 2 or p == 1.5 else 1 if p < 1.5 else 2
+
 def load_preferences(name:str="hh-rlhf", # a preference dataset of SOURCES
                      subset:str|None=None, # subset or split (default: the first)
                      rows:list[dict]|None=None, # rows already in hand (tests, or your own data) instead of reading
@@ -166,10 +184,10 @@ def load_preferences(name:str="hh-rlhf", # a preference dataset of SOURCES
         rows = [dict(prompt=[_message(t) for t in r["conversations"]], chosen=[_message(r["chosen"])],
                      rejected=[_message(r["rejected"])]) for r in rows]
     elif name == "alpaca-eval-prefs":
-        pref = [str(r.get("preference")).split(".")[0] for r in rows]  # "1", "2", or "0" for a tie
-        ties["ties (no preference)"] = sum(p not in ("1", "2") for p in pref)
+        pref = [_winner(r.get("preference")) for r in rows]   # 1, 2, or None for a tie
+        ties["ties (no preference)"] = sum(p is None for p in pref)
         rows = [dict(prompt=r["instruction"], chosen=r[f"output_{p}"], rejected=r[f"output_{3-int(p)}"])
-                for r, p in zip(rows, pref) if p in ("1", "2")]
+                for r, p in zip(rows, pref) if p is not None]
     elif name != "synthetic-pairwise": raise ValueError(f"{name!r} is not a preference dataset")
     return _to_dataset(name, rows, ["prompt", "chosen", "rejected"], ("chosen", "rejected"), dropped_before=+ties)
 
