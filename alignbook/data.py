@@ -10,7 +10,12 @@ __all__ = ['DATA_ENV', 'SOURCES', 'ASSISTANT', 'ROLES', 'data_dir', 'DataSource'
            'split_by_key']
 
 # %% ../nbs/00b_data.ipynb #a62f3065
-import gzip, hashlib, json, os, re, warnings
+import gzip
+import hashlib
+import json
+import os
+import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

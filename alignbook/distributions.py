@@ -9,8 +9,6 @@ __all__ = ['softmax', 'next_token_logits', 'top_tokens', 'entropy', 'token_logpr
            'sequence_logprobs', 'response_mask', 'entropy_along']
 
 # %% ../nbs/01_distributions.ipynb #0e97dd1b
-import math
-
 import torch
 import torch.nn.functional as F
 

@@ -9,7 +9,9 @@ __all__ = ['UNSUPPORTED', 'LoRALinear', 'delta_weight', 'merge', 'unmerge', 'lor
            'lora_layers', 'count_trainable', 'copy_from_peft', 'save_lora', 'load_lora']
 
 # %% ../nbs/05_lora.ipynb #1ea87510
-import json, math, re
+import json
+import math
+import re
 from pathlib import Path
 
 import torch

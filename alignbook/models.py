@@ -11,14 +11,24 @@ __all__ = ['DEFAULT_MODEL', 'GGUF_PACKAGE', 'GGUF_FILE', 'CACHE_ENV', 'TINY', 'C
            'init_new_weights', 'check_missing', 'load_model', 'ask']
 
 # %% ../nbs/00a_models.ipynb #0c7aba75
-import importlib.util, json, os, shutil, tempfile, time, warnings
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 from safetensors import safe_open
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          LlamaConfig)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+)
 
 # %% ../nbs/00a_models.ipynb #a433c4ec
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub id of the model the book uses

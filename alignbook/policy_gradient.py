@@ -10,7 +10,7 @@ __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gau
            'policy_and_ref_logprobs', 'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
-import math, time
+import time
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +19,18 @@ from tqdm.auto import tqdm
 
 from .distributions import response_mask, sequence_logprobs
 from .sampling import generate
-from .training import (TrainConfig, check_finite, log_row, make_optimizer, optimizer_step, prepare,
-                                sampling_generator, trainable_parameters, training_mode, unwrap)
+from alignbook.training import (
+    TrainConfig,
+    check_finite,
+    log_row,
+    make_optimizer,
+    optimizer_step,
+    prepare,
+    sampling_generator,
+    trainable_parameters,
+    training_mode,
+    unwrap,
+)
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n:int) -> torch.Tensor:

@@ -10,7 +10,10 @@ __all__ = ['simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointw
            'win_rate', 'cache_features', 'scores_from_features', 'RewardSettings', 'pair_scores', 'train_reward']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
-import contextlib, math, time, warnings
+import contextlib
+import math
+import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -20,8 +23,19 @@ from tqdm.auto import tqdm
 
 from .models import decoder_layout, load_model, load_tokenizer
 from .sft import chat_ids
-from .training import (TrainConfig, autocast, check_finite, log_row, make_optimizer, optimizer_step, order_for,
-                                prepare, rows_for_step, trainable_parameters, training_mode)
+from alignbook.training import (
+    TrainConfig,
+    autocast,
+    check_finite,
+    log_row,
+    make_optimizer,
+    optimizer_step,
+    order_for,
+    prepare,
+    rows_for_step,
+    trainable_parameters,
+    training_mode,
+)
 
 # %% ../nbs/04_reward_modeling.ipynb #89bc91ee
 def simulate_comparisons(strengths:torch.Tensor, n:int, generator:torch.Generator|None=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ __all__ = ['DEFAULT_NEW_TOKENS', 'apply_temperature', 'top_k_filter', 'top_p_fil
            'suppress_stop_tokens', 'GenerationSettings', 'process_logits', 'generate', 'beam_search', 'distinct_n']
 
 # %% ../nbs/02_sampling.ipynb #4100bd6f
-import inspect, math, warnings
+import inspect
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch

@@ -11,7 +11,12 @@ __all__ = ['ALPACA_WITH_INPUT', 'ALPACA_NO_INPUT', 'TEMPLATES', 'SFT_FORMATS', '
            'summed_nll', 'train_sft', 'json_format_rows', 'exact_match']
 
 # %% ../nbs/03_instruction_tuning.ipynb #26201419
-import contextlib, html, json, random, time, warnings
+import contextlib
+import html
+import json
+import random
+import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,8 +27,20 @@ from tqdm.auto import tqdm
 from .distributions import pad_batch
 from .models import decoder_layout
 from .sampling import generate
-from .training import (TrainConfig, autocast, check_finite, log_row, make_optimizer, optimizer_step, order_for, prepare,
-                       rows_for_step, trainable_parameters, training_mode, unwrap)
+from alignbook.training import (
+    TrainConfig,
+    autocast,
+    check_finite,
+    log_row,
+    make_optimizer,
+    optimizer_step,
+    order_for,
+    prepare,
+    rows_for_step,
+    trainable_parameters,
+    training_mode,
+    unwrap,
+)
 
 # %% ../nbs/03_instruction_tuning.ipynb #3e181cd6
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "

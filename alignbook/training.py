@@ -10,7 +10,8 @@ __all__ = ['SCHEDULES', 'TrainConfig', 'lr_factor', 'make_optimizer', 'trainable
            'training_mode', 'autocast', 'log_row', 'gather_mean']
 
 # %% ../nbs/00c_training.ipynb #881e1994
-import contextlib, math
+import contextlib
+import math
 from dataclasses import dataclass
 
 import torch

@@ -5,7 +5,13 @@ after the model is loaded; Linux). Targets: time ratio <= 1.0,
 memory ratio <= 0.6.
 Run: python benchmarks/lora.py [--steps 5] [--batch 4] [--length 128]
 """
-import argparse, gc, json, statistics, subprocess, sys, time
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -45,6 +51,7 @@ def child(mode, n, length):
 
 def main(steps=5, batch_size=4, length=128):
     from peft import LoraConfig, get_peft_model
+
     from alignbook.lora import inject_lora
     from alignbook.models import load_model
     b = batch(batch_size, length)

@@ -5,7 +5,9 @@
 Prints shared ÷ full for each (lower is better).
 Run: python benchmarks/policy_gradient.py [--repeats 5] [--steps 4] [--rows 16] [--new-tokens 32]
 """
-import argparse, statistics, time
+import argparse
+import statistics
+import time
 
 import torch
 

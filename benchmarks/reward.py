@@ -6,7 +6,9 @@ frozen layers; TRL runs the whole model every step. The one-time caching cost is
 epoch of the timed pairs. Target: step-time ratio <= 1.0.
 Run: python benchmarks/reward.py [--steps 8] [--warmup 2]
 """
-import argparse, time, warnings
+import argparse
+import time
+import warnings
 
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback

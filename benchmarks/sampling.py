@@ -4,7 +4,9 @@ Same model (SmolLM2-135M-Instruct, CPU), same prompts, same settings; batch 1 an
 same tokens (asserted), so the ratio of tokens/s is the inverse ratio of wall times. Target: ratio >= 1.0.
 Run: python benchmarks/sampling.py [--new-tokens 64] [--repeats 3]
 """
-import argparse, statistics, time
+import argparse
+import statistics
+import time
 
 import torch
 

@@ -5,9 +5,10 @@ tokens), same batch size, same order (TRL with train_sampling_strategy="sequenti
 grad clip 1.0). Each side runs --steps steps after --warmup steps of warm-up. Target: ratio <= 1.0.
 Run: python benchmarks/sft.py [--steps 10] [--warmup 2] [--batch-size 8] [--max-length 128]
 """
-import argparse, time, warnings
+import argparse
+import time
+import warnings
 
-import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
@@ -15,7 +16,6 @@ from trl import SFTConfig, SFTTrainer
 from alignbook.data import load_instructions
 from alignbook.models import load_model, load_tokenizer
 from alignbook.sft import SFTSettings, prepare_sft, render, top_layers, train_only, train_sft
-
 
 class StepTimer(TrainerCallback):
     "Wall time of each optimizer step inside Trainer.train()."

@@ -1,4 +1,3 @@
-import os
 import pytest
 
 from alignbook.data import data_dir

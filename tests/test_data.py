@@ -1,17 +1,26 @@
 "Loaders return TRL's standard formats, drop and count bad rows, and fail clearly without data."
-import gzip, json, warnings
+import gzip
+import json
+import warnings
 from collections import Counter
 
 import pytest
 from datasets import Dataset
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trl.data_utils import extract_prompt, is_conversational, maybe_apply_chat_template
 
 from alignbook import data
-from alignbook.data import (clean_rows, load_hh_rlhf, load_instructions, load_preferences, read_rows, split_by_key,
-                            split_dialogue)
+from alignbook.data import (
+    clean_rows,
+    load_hh_rlhf,
+    load_instructions,
+    load_preferences,
+    read_rows,
+    split_by_key,
+    split_dialogue,
+)
 from alignbook.models import load_tokenizer
-
 
 def test_hh_split_reconstructs_both_dialogues_and_agrees_with_trl(local_data):
     raw = read_rows(local_data / "hh_rlhf_test" / "helpful-base.test.jsonl.gz")

@@ -1,5 +1,8 @@
 "Each silent wrong answer found by trying the library as a user would, now a clear error or a right answer."
-import gzip, json, math, warnings
+import gzip
+import json
+import math
+import warnings
 
 import pytest
 import torch

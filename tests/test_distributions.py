@@ -2,11 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignbook.distributions import entropy, pad_batch, sequence_logprobs, token_logprobs
 from alignbook.models import TINY, load_model
-
 
 @pytest.fixture(scope="module")
 def tiny64():

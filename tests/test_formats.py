@@ -1,5 +1,6 @@
 "Token ids and labels equal TRL 1.16's for every data format alignbook's SFT and reward trainers accept."
-import tempfile, warnings
+import tempfile
+import warnings
 
 import pytest
 from datasets import Dataset

@@ -1,12 +1,22 @@
 "LoRA equals PEFT: outputs (unmerged, merged, with dropout), scaling, and adapters that load both ways."
-import json, tempfile
+import json
+import tempfile
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from alignbook.lora import (LoRALinear, copy_from_peft, count_trainable, inject_lora, load_lora, lora_layers, merge,
-                            save_lora, unmerge)
+from alignbook.lora import (
+    LoRALinear,
+    copy_from_peft,
+    count_trainable,
+    inject_lora,
+    load_lora,
+    lora_layers,
+    merge,
+    save_lora,
+    unmerge,
+)
 from alignbook.models import TINY, load_model
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]

@@ -6,8 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignbook import models
-from alignbook.models import (ModelNotAvailable, TINY, default_model_dir, gguf_path, load_model, load_tokenizer)
-
+from alignbook.models import TINY, ModelNotAvailable, default_model_dir, gguf_path, load_model, load_tokenizer
 
 @pytest.fixture(scope="module")
 def gguf_reference():

@@ -1,5 +1,9 @@
 "Two CPU processes over gloo (torchrun) train exactly like one process with twice the batch; REINFORCE ranks stay in sync."
-import json, os, shutil, subprocess, sys
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest

@@ -5,15 +5,24 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from alignbook.distributions import response_mask
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
-from alignbook.distributions import response_mask
-from alignbook.policy_gradient import (ReinforceSettings, categorical_score_estimate, check_rewards, clipped_surrogate,
-                                       gaussian_score_estimate, leave_one_out_baseline, policy_and_ref_logprobs, reinforce_loss,
-                                       shared_trunk_depth, train_reinforce)
-
+from alignbook.policy_gradient import (
+    ReinforceSettings,
+    categorical_score_estimate,
+    check_rewards,
+    clipped_surrogate,
+    gaussian_score_estimate,
+    leave_one_out_baseline,
+    policy_and_ref_logprobs,
+    reinforce_loss,
+    shared_trunk_depth,
+    train_reinforce,
+)
 
 def test_categorical_estimate_is_unbiased():
     theta = torch.tensor([0.3, -0.2, 1.0, 0.0], dtype=torch.float64, requires_grad=True)

@@ -1,16 +1,27 @@
 "Reward-model losses, scoring and win rate, cross-checked against TRL's RewardTrainer and transformers."
-import math
 
 import pytest
 import torch
 from datasets import Dataset
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trl import RewardConfig, RewardTrainer
 
 from alignbook.models import TINY, load_model
-from alignbook.reward import (cache_features, check_reward_model, collate_pairs, fit_bradley_terry, listwise_loss,
-                              load_reward_model, pairwise_loss, reward_scores, scores_from_features, simulate_comparisons,
-                              tokenize_pairs, win_rate)
+from alignbook.reward import (
+    cache_features,
+    check_reward_model,
+    collate_pairs,
+    fit_bradley_terry,
+    listwise_loss,
+    load_reward_model,
+    pairwise_loss,
+    reward_scores,
+    scores_from_features,
+    simulate_comparisons,
+    tokenize_pairs,
+    win_rate,
+)
 
 floats = st.floats(-20, 20, width=32)
 

@@ -1,15 +1,27 @@
 "Every logits transform equals transformers' processor (property tests); generate equals model.generate token for token."
-import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
-from transformers.generation.logits_process import (MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.generation.logits_process import (
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from alignbook.models import TINY, load_model, load_tokenizer
-from alignbook.sampling import (GenerationSettings, apply_repetition_penalty, apply_temperature, generate,
-                                suppress_stop_tokens, top_k_filter, top_p_filter)
+from alignbook.sampling import (
+    GenerationSettings,
+    apply_repetition_penalty,
+    apply_temperature,
+    generate,
+    suppress_stop_tokens,
+    top_k_filter,
+    top_p_filter,
+)
 
 # logits with many ties (values drawn from a small set) and negative values, 1-3 rows, vocab 1-40
 small_values = st.sampled_from([-3.0, -1.5, -1.0, 0.0, 0.5, 1.0, 1.0, 2.0, 2.5])

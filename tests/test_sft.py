@@ -1,5 +1,4 @@
 "Our SFT labels equal TRL 1.16's (SFTTrainer's tokenization + collator), token for token; masking edge cases."
-import warnings
 
 import pytest
 import torch
@@ -8,9 +7,18 @@ from trl import SFTConfig, SFTTrainer
 
 from alignbook.data import load_instructions
 from alignbook.models import TINY, load_model, load_tokenizer
-from alignbook.sft import (SFTSettings, TEMPLATES, collate_sft, json_format_rows, prepare_sft, render, tokenize_sft,
-                           top_layers, train_only, train_sft)
-
+from alignbook.sft import (
+    TEMPLATES,
+    SFTSettings,
+    collate_sft,
+    json_format_rows,
+    prepare_sft,
+    render,
+    tokenize_sft,
+    top_layers,
+    train_only,
+    train_sft,
+)
 
 @pytest.fixture(scope="module")
 def tok():

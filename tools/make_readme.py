@@ -1,7 +1,9 @@
 """Write README.md from nbs/index.ipynb: markdown cells as they are, code cells fenced, their text output below them.
 (`nbdev-readme` does this through Quarto; this needs none, so README.md can be checked against index.ipynb anywhere.)"""
-import re, sys
+import re
+import sys
 from pathlib import Path
+
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]

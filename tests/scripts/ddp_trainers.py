@@ -4,7 +4,8 @@ python tests/scripts/ddp_trainers.py OUT BATCH        one process, BATCH rows pe
 torchrun --nproc_per_node 2 tests/scripts/ddp_trainers.py OUT BATCH   two processes, BATCH rows each
 Writes OUT/{sft,reward,features}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt from each.
 """
-import json, sys
+import json
+import sys
 from pathlib import Path
 
 import torch
