@@ -10,7 +10,6 @@ __all__ = ['simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointw
            'win_rate', 'cache_features', 'scores_from_features', 'RewardSettings', 'pair_scores', 'train_reward']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
-import contextlib
 import math
 import time
 import warnings
@@ -25,10 +24,10 @@ from .models import decoder_layout, load_model, load_tokenizer
 from .sft import chat_ids
 from alignbook.training import (
     TrainConfig,
-    autocast,
     check_finite,
     log_row,
     make_optimizer,
+    micro_batch,
     optimizer_step,
     order_for,
     prepare,
@@ -251,7 +250,7 @@ def train_reward(model, data, cfg:RewardSettings|None=None, tokenizer=None) -> l
             for m, idx in enumerate(micro):
                 batch = [data[i] for i in idx]
                 last = m == len(micro) - 1
-                with (accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()), autocast(cfg, device):
+                with micro_batch(accelerator, wrapped, cfg, last):
                     # 2. score both replies, Bradley-Terry loss summed over the pairs
                     rc, rr = wrapped(pair_scores, batch, cfg.top_k, pad)
                     loss_sum = pairwise_loss(rc.float(), rr.float(), cfg.margin, cfg.center_coef) * len(batch)

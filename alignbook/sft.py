@@ -11,7 +11,6 @@ __all__ = ['ALPACA_WITH_INPUT', 'ALPACA_NO_INPUT', 'TEMPLATES', 'SFT_FORMATS', '
            'summed_nll', 'train_sft', 'json_format_rows', 'exact_match']
 
 # %% ../nbs/03_instruction_tuning.ipynb #26201419
-import contextlib
 import html
 import json
 import random
@@ -29,10 +28,10 @@ from .models import decoder_layout
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
-    autocast,
     check_finite,
     log_row,
     make_optimizer,
+    micro_batch,
     optimizer_step,
     order_for,
     prepare,
@@ -266,7 +265,7 @@ def train_sft(model, data, cfg:SFTSettings|None=None, tokenizer=None, eval_data=
             for m, batch in enumerate(micro):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 last = m == len(micro) - 1
-                with (accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()), autocast(cfg, device):
+                with micro_batch(accelerator, wrapped, cfg, last):
                     sums = wrapped(summed_nll, batch)
                     step_sums = accelerator.reduce(sums.detach(), "sum")
                     check_finite(step_sums[0], step)

@@ -7,7 +7,7 @@ Docs: https://alignbook.github.io/alignbook/training.html.md"""
 # %% auto #0
 __all__ = ['SCHEDULES', 'TrainConfig', 'lr_factor', 'make_optimizer', 'trainable_parameters', 'check_finite', 'ForwardWith',
            'model_device', 'prepare', 'unwrap', 'rows_for_step', 'sampling_generator', 'order_for', 'optimizer_step',
-           'training_mode', 'autocast', 'log_row', 'gather_mean']
+           'training_mode', 'autocast', 'micro_batch', 'log_row']
 
 # %% ../nbs/00c_training.ipynb #881e1994
 import contextlib
@@ -102,7 +102,7 @@ class ForwardWith(nn.Module):
 def model_device(model) -> torch.device: return next(model.parameters()).device
 
 def prepare(model:nn.Module):
-    "An `Accelerator` for this process (one process, or one of those torchrun/accelerate launch started) and the wrapped model."
+    "This process's `Accelerator` (one process, or one of many that torchrun started) and the wrapped model."
     from accelerate import Accelerator
     accelerator = Accelerator(cpu=model_device(model).type == "cpu")   # cpu=True: many CPU processes use gloo
     return accelerator, accelerator.prepare(ForwardWith(model))
@@ -124,7 +124,8 @@ def rows_for_step(order:list[int], step:int, cfg:TrainConfig, rank:int=0, world:
 
 # %% ../nbs/00c_training.ipynb #dfdad121
 def sampling_generator(seed:int, step:int, rank:int=0, device="cpu") -> torch.Generator:
-    "A generator for `step` (0-based) on `rank`: seed·100,003 + step + rank·1,000,003 (primes, so streams do not collide)."
+    "A generator for `step` (0-based) on `rank`, seeded with seed·100,003 + step + rank·1,000,003."
+    # 100,003 and 1,000,003 are primes larger than any step count: (seed, step, rank) triples map to distinct seeds
     return torch.Generator(device=device).manual_seed(seed * 100_003 + step + rank * 1_000_003)
 
 def order_for(n:int, seed:int|None) -> list[int]:
@@ -139,7 +140,9 @@ def optimizer_step(accelerator, opt, sched, params:list, cfg:TrainConfig, step:i
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
     norm = accelerator.clip_grad_norm_(params, max_norm)
     check_finite(norm, step, "gradient norm")
-    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
     return float(norm)
 
 @contextlib.contextmanager
@@ -157,13 +160,16 @@ def autocast(cfg:TrainConfig, device:torch.device):
     "bfloat16 autocast when `cfg.bf16`, else nothing."
     return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
 
+def micro_batch(accelerator, wrapped, cfg:TrainConfig, last:bool) -> contextlib.ExitStack:
+    "The context of one micro-batch: no gradient all-reduce before the step's last one (`no_sync`), and `autocast`."
+    stack = contextlib.ExitStack()
+    if not last: stack.enter_context(accelerator.no_sync(wrapped))
+    stack.enter_context(autocast(cfg, accelerator.device))
+    return stack
+
 # %% ../nbs/00c_training.ipynb #5b118043
 def log_row(step:int, epoch:float, loss:float, learning_rate:float, grad_norm:float, num_tokens:int, seconds:float,
             step_tokens:int, **metrics) -> dict:
     "One entry of a trainer's history, with TRL's key names."
     return dict(step=step, epoch=round(epoch, 4), loss=loss, learning_rate=learning_rate, grad_norm=grad_norm,
                 num_tokens=num_tokens, tokens_per_second=step_tokens / max(seconds, 1e-9), **metrics)
-
-def gather_mean(accelerator, values:torch.Tensor) -> torch.Tensor:
-    "The mean of `values` over every process (each process passes the same shape)."
-    return accelerator.reduce(values.detach().float(), reduction="mean")
