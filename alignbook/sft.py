@@ -38,7 +38,6 @@ from alignbook.training import (
     rows_for_step,
     trainable_parameters,
     training_mode,
-    unwrap,
 )
 
 # %% ../nbs/03_instruction_tuning.ipynb #3e181cd6
@@ -280,7 +279,7 @@ def train_sft(model, data, cfg:SFTSettings|None=None, tokenizer=None, eval_data=
                           mean_token_accuracy=totals[1].item() / n_tokens)
             if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 model.eval()
-                row["eval_loss"] = completion_loss(unwrap(model), eval_rows, tokenizer.pad_token_id)
+                row["eval_loss"] = completion_loss(model, eval_rows, tokenizer.pad_token_id)
                 model.train()
             history.append(row)
     return history
