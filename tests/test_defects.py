@@ -169,3 +169,17 @@ def test_config_validation():
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="samples_per_prompt must be >= 2"):
         ReinforceSettings(samples_per_prompt=1)
+
+def test_concurrent_first_loads_convert_once(tmp_path):
+    "Two processes loading the default model into an empty cache: one converts under the lock, the other waits and reads."
+    import os, subprocess, sys
+    code = ("from alignbook.models import load_model; m = load_model(device='cpu'); "
+            "print('loaded', m.num_parameters())")
+    env = {**os.environ, "ALIGNBOOK_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    assert all("loaded 134515008" in o for o, _ in outs)
+    assert sum("de-quantizing GGUF tensors" in e for _, e in outs) == 1     # converted once
+    assert cache_problem(tmp_path / "SmolLM2-135M-Instruct") is None
