@@ -172,7 +172,9 @@ def test_config_validation():
 
 def test_concurrent_first_loads_convert_once(tmp_path):
     "Two processes loading the default model into an empty cache: one converts under the lock, the other waits and reads."
-    import os, subprocess, sys
+    import os
+    import subprocess
+    import sys
     code = ("from alignbook.models import load_model; m = load_model(device='cpu'); "
             "print('loaded', m.num_parameters())")
     env = {**os.environ, "ALIGNBOOK_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
