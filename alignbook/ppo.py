@@ -10,7 +10,7 @@ __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_
            'adaptive_kl_coef', 'ValueHead', 'PolicyAndValue', 'response_hidden', 'response_logprobs',
            'policy_and_values', 'score_responses', 'PPOSettings', 'check_prompts', 'train_ppo']
 
-# %% ../nbs/07_ppo.ipynb #d29ed7dc
+# %% ../nbs/07_ppo.ipynb #f878acd0
 import inspect
 import time
 import warnings
@@ -37,7 +37,7 @@ from alignbook.training import (
     unwrap,
 )
 
-# %% ../nbs/07_ppo.ipynb #66b58f0a
+# %% ../nbs/07_ppo.ipynb #94477785
 def last_response_index(mask:torch.Tensor) -> torch.Tensor:
     "Per row, the index of the last response token (the EOS, or the final token of a cut-off response)."
     return (mask.sum(-1) - 1).clamp(min=0)
@@ -61,7 +61,7 @@ def per_token_rewards(scores:torch.Tensor, kl:torch.Tensor, mask:torch.Tensor, k
     rewards[torch.arange(len(last)), last] += scores
     return rewards, value_mask
 
-# %% ../nbs/07_ppo.ipynb #fa768f21
+# %% ../nbs/07_ppo.ipynb #9d38b897
 def truncate_after_eos(responses:torch.Tensor, eos_token_id:int, pad_token_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "The EOS trick: (responses with every token after the first EOS replaced by pad, the mask up to and including it, ended)."
     if pad_token_id == eos_token_id:
@@ -72,13 +72,13 @@ def truncate_after_eos(responses:torch.Tensor, eos_token_id:int, pad_token_id:in
     ended = (responses == eos_token_id).any(-1)
     return torch.where(mask.bool(), responses, torch.full_like(responses, pad_token_id)), mask, ended
 
-# %% ../nbs/07_ppo.ipynb #b7976126
+# %% ../nbs/07_ppo.ipynb #6ab6e3a3
 def temperature_logprobs(logits:torch.Tensor, tokens:torch.Tensor, temperature:float=1.0) -> tuple[torch.Tensor, torch.Tensor]:
     "log π_T(token) from logits ÷ T (the distribution the tokens were sampled from), and that distribution's entropy."
     logp_all = F.log_softmax(logits.float() / temperature, -1)
     return logp_all.gather(-1, tokens[..., None]).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
 
-# %% ../nbs/07_ppo.ipynb #d95e379a
+# %% ../nbs/07_ppo.ipynb #2577c44c
 def gae(rewards:torch.Tensor, values:torch.Tensor, gamma:float=1.0, lam:float=0.95) -> tuple[torch.Tensor, torch.Tensor]:
     "Generalised advantage estimation along the last dimension (values and rewards are 0 after the end): (advantages, returns)."
     T = rewards.shape[-1]
@@ -99,7 +99,7 @@ def gae_loop(rewards:torch.Tensor, values:torch.Tensor, gamma:float=1.0, lam:flo
         out.append(last)
     return torch.stack(out[::-1], -1)
 
-# %% ../nbs/07_ppo.ipynb #bd7931bd
+# %% ../nbs/07_ppo.ipynb #0678707c
 def masked_mean(x:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
     "Mean of `x` over the positions where `mask` is 1."
     return (x * mask).sum() / mask.sum()
@@ -114,7 +114,7 @@ def masked_whiten(x:torch.Tensor, mask:torch.Tensor, shift_mean:bool=True, eps:f
     if not shift_mean: out = out + mean
     return out * mask
 
-# %% ../nbs/07_ppo.ipynb #4c159d45
+# %% ../nbs/07_ppo.ipynb #6993d6e6
 def ppo_policy_loss(logp:torch.Tensor, old_logp:torch.Tensor, advantages:torch.Tensor, mask:torch.Tensor,
                     clip:float=0.2) -> tuple[torch.Tensor, dict]:
     "Per-token clipped surrogate, averaged over the response tokens; with its diagnostics (clip fraction, approximate KL)."
@@ -140,13 +140,13 @@ def explained_variance(values:torch.Tensor, returns:torch.Tensor, mask:torch.Ten
     r, v = returns[mask.bool()], values[mask.bool()]
     return float(1 - (r - v).var() / r.var().clamp(min=1e-12))
 
-# %% ../nbs/07_ppo.ipynb #a7e556eb
+# %% ../nbs/07_ppo.ipynb #0b7c3315
 def adaptive_kl_coef(kl_coef:float, kl:float, target:float, n:int, horizon:int=10_000) -> float:
     "Ziegler et al. (2019): β ← β·(1 + clip(KL/target - 1, -0.2, 0.2)·n/horizon), after a batch of `n` samples with mean KL `kl`."
     error = min(max(kl / target - 1, -0.2), 0.2)
     return kl_coef * (1 + error * n / horizon)
 
-# %% ../nbs/07_ppo.ipynb #00102641
+# %% ../nbs/07_ppo.ipynb #8e1d959f
 class ValueHead(nn.Module):
     "The cheap critic: V(s_t) = w·h_t + b on the policy's last hidden state (after its final norm), starting at 0."
     def __init__(self, hidden_size:int):
@@ -161,7 +161,7 @@ class PolicyAndValue(nn.Module):
         super().__init__()
         self.policy, self.value = policy, value
 
-# %% ../nbs/07_ppo.ipynb #30a111f9
+# %% ../nbs/07_ppo.ipynb #1304263e
 def _rows(x, idx):
     "Rows `idx` of every batch-first tensor in `x` (nested in tuples and dicts); anything else as it is."
     if isinstance(x, torch.Tensor): return x[idx] if x.dim() > 0 else x
@@ -214,7 +214,7 @@ def score_responses(reward_model, input_ids:torch.Tensor, attention_mask:torch.T
     last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)
     return reward_model.score(h[torch.arange(len(h), device=h.device), last]).squeeze(-1).float()
 
-# %% ../nbs/07_ppo.ipynb #25b1c0b4
+# %% ../nbs/07_ppo.ipynb #71052be3
 @dataclass
 class PPOSettings(TrainConfig):
     "Hyper-parameters of `train_ppo`: `TrainConfig`'s (`steps` = PPO iterations; `batch_size` is unused) and PPO's own."
@@ -261,7 +261,7 @@ class PPOSettings(TrainConfig):
              f"kl_target must be > 0 and needs kl_coef > 0, got {self.kl_target}, {self.kl_coef}"),
             (self.seed is not None, "PPO needs an integer seed")] if not ok]
 
-# %% ../nbs/07_ppo.ipynb #e7a87bc2
+# %% ../nbs/07_ppo.ipynb #a6f55643
 def check_prompts(prompts:list[str], tokenizer, max_length:int|None) -> list[str]:
     "The prompts that fit `max_length` tokens; the others are dropped with a warning that counts them (all dropped: an error)."
     if not prompts: raise ValueError("no prompts")
@@ -280,7 +280,7 @@ def _critic(policy, value_model, reward_model):
                          "copy from the reward model (TRL's layout)")
     return value_model
 
-# %% ../nbs/07_ppo.ipynb #8c957a8a
+# %% ../nbs/07_ppo.ipynb #34da18ea
 def train_ppo(policy, prompts:list[str], cfg:PPOSettings|None=None, tokenizer=None, reward_fn=None, ref=None,
               reward_model=None, value_model=None, sample_fn=generate) -> list[dict]:
     """PPO with a KL-shaped reward, GAE and a critic (a value head on the policy, or TRL's separate `value_model`); the history.

@@ -16,7 +16,6 @@ from alignbook.ppo import (
     truncate_after_eos,
 )
 
-
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (0.99, 0.0)])
 def test_gae_matches_the_backward_loop(gamma, lam):
     g = torch.Generator().manual_seed(0)
