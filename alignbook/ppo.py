@@ -8,7 +8,7 @@ Docs: https://alignbook.github.io/alignbook/ppo.html.md"""
 __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_after_eos', 'temperature_logprobs', 'gae',
            'gae_loop', 'masked_mean', 'masked_whiten', 'ppo_policy_loss', 'ppo_value_loss', 'explained_variance',
            'adaptive_kl_coef', 'ValueHead', 'PolicyAndValue', 'response_hidden', 'response_logprobs',
-           'policy_and_values', 'score_responses', 'PPOSettings', 'check_prompts', 'train_ppo']
+           'policy_and_values', 'score_responses', 'PPOSettings', 'check_prompts', 'agreed_rewards', 'train_ppo']
 
 # %% ../nbs/07_ppo.ipynb #f878acd0
 import inspect
@@ -272,6 +272,16 @@ def check_prompts(prompts:list[str], tokenizer, max_length:int|None) -> list[str
         warnings.warn(f"train_ppo: dropped {len(prompts) - len(kept)} of {len(prompts)} prompts longer than {max_length} tokens")
     return kept
 
+def agreed_rewards(accelerator, scores, n:int) -> torch.Tensor:
+    "`check_rewards` on every process at once: if any process got bad rewards, all of them raise (none waits forever)."
+    try: r, problem = check_rewards(scores.cpu() if torch.is_tensor(scores) else scores, n), None
+    except ValueError as e: r, problem = None, e
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(torch.tensor(float(problem is not None), device=accelerator.device), "sum")
+        if bad > 0 and problem is None: raise ValueError("another process's reward function returned bad rewards (see its error)")
+    if problem is not None: raise problem
+    return r.to(accelerator.device)
+
 def _critic(policy, value_model, reward_model):
     if value_model is None: return ValueHead(unwrap(policy).config.hidden_size).to(next(policy.parameters()).device)
     check_reward_model(value_model)
@@ -328,7 +338,7 @@ def train_ppo(policy, prompts:list[str], cfg:PPOSettings|None=None, tokenizer=No
             else:
                 texts, asked = tokenizer.batch_decode(responses, skip_special_tokens=True), [prompts[i] for i in chosen for _ in range(k)]
                 scores = reward_fn(texts, ended.tolist(), prompts=asked) if wants_prompts else reward_fn(texts, ended.tolist())
-            scores = check_rewards(scores.cpu() if torch.is_tensor(scores) else scores, B).to(device)
+            scores = agreed_rewards(accelerator, scores, B)
             if cfg.missing_eos_penalty is not None: scores = scores - cfg.missing_eos_penalty * (~ended).float()
             # 3. log-probs, values and per-token rewards of the rollouts, before any update
             everyone = torch.arange(B, device=device)
@@ -359,7 +369,7 @@ def train_ppo(policy, prompts:list[str], cfg:PPOSettings|None=None, tokenizer=No
                             pg_loss, st = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip)
                             vf_loss, vf_clip = ppo_value_loss(values, old_values[idx], returns[idx], value_mask[idx], cfg.clip_value)
                             loss = pg_loss + cfg.vf_coef * vf_loss
-                            check_finite(loss.detach(), step)
+                            check_finite(accelerator.reduce(loss.detach(), "mean"), step)   # every rank stops together
                             accelerator.backward(loss / len(micro))
                         clip_by_epoch[epoch] += st["clipfrac"] / len(micro) / cfg.num_minibatches
                         totals += torch.stack([loss.detach(), pg_loss.detach(), vf_loss.detach(), st["clipfrac"], vf_clip.to(device),

@@ -1,4 +1,4 @@
-"Two CPU processes over gloo (torchrun) train exactly like one process with twice the batch; REINFORCE ranks stay in sync."
+"Two CPU processes over gloo (torchrun) train exactly like one process with twice the batch; REINFORCE and PPO ranks stay in sync."
 import json
 import os
 import shutil
@@ -42,10 +42,11 @@ def test_two_processes_equal_one_with_twice_the_batch(outs, name):
     assert _max_diff(w2, w1) < TOL, _max_diff(w2, w1)
     assert _max_diff(wh, w1) > 100 * TOL                  # the tolerance can fail: half the batch is another step
 
-def test_reinforce_ranks_stay_in_sync(outs):
-    r0, r1 = (torch.load(outs["two"] / f"reinforce_rank{r}.pt") for r in (0, 1))
+@pytest.mark.parametrize("name", ["reinforce", "ppo"])
+def test_sampling_trainers_keep_ranks_in_sync(outs, name):
+    r0, r1 = (torch.load(outs["two"] / f"{name}_rank{r}.pt") for r in (0, 1))
     assert _max_diff(r0["weights"], r1["weights"]) == 0.0               # identical weights on both ranks
-    timeless = lambda h: [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in h]
+    timeless = lambda h: [{k: v for k, v in r.items() if k not in ("tokens_per_second", "generation_seconds")} for r in h]
     assert timeless(r0["history"]) == timeless(r1["history"])          # metrics gathered over both ranks
     start = {n: torch.zeros_like(p) for n, p in r0["weights"].items() if "lora_B" in n}
     assert max((r0["weights"][n] - z).abs().max().item() for n, z in start.items()) > 1e-4   # and they trained

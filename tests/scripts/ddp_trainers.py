@@ -1,8 +1,8 @@
-"""Run SFT, reward and REINFORCE training on the tiny model, in one process or under torchrun, and save what came out.
+"""Run SFT, reward, REINFORCE and PPO training on the tiny model, in one process or under torchrun, and save what came out.
 
 python tests/scripts/ddp_trainers.py OUT BATCH        one process, BATCH rows per step
 torchrun --nproc_per_node 2 tests/scripts/ddp_trainers.py OUT BATCH   two processes, BATCH rows each
-Writes OUT/{sft,reward,features}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt from each.
+Writes OUT/{sft,reward,features}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt and OUT/ppo_rank{R}.pt from each.
 """
 import json
 import sys
@@ -13,6 +13,7 @@ import torch
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.policy_gradient import ReinforceSettings, train_reinforce
+from alignbook.ppo import PPOSettings, train_ppo
 from alignbook.reward import RewardSettings, cache_features, load_reward_model, tokenize_pairs, train_reward
 from alignbook.sft import SFTSettings, train_only, train_sft
 from alignbook.training import prepare
@@ -52,3 +53,11 @@ cfg = ReinforceSettings(steps=3, prompts_per_step=2, samples_per_prompt=2, max_n
 history = train_reinforce(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
 torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
            out / f"reinforce_rank{rank}.pt")
+
+# PPO: the same, with a value head and several minibatch steps per batch; the pad token must not be EOS
+tok.pad_token = "<|endoftext|>"
+policy = inject_lora(load_model(TINY, device="cpu"), ["q_proj", "v_proj"], r=2)
+cfg = PPOSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, ppo_epochs=2, num_minibatches=2)
+history = train_ppo(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
+torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
+           out / f"ppo_rank{rank}.pt")
