@@ -28,8 +28,8 @@ from .sampling import generate
 from alignbook.training import (
     TrainConfig,
     check_finite,
-    lr_factor,
     log_row,
+    lr_factor,
     prepare,
     sampling_generator,
     trainable_parameters,
