@@ -61,3 +61,8 @@ cfg = PPOSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tok
 history = train_ppo(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
 torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
            out / f"ppo_rank{rank}.pt")
+
+# leave together: without this, a rank that exits while gloo's threads still run can abort ("terminate called ...")
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
