@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
-           'train_bandit', 'kl_penalty', 'trunk_states', 'top_logprobs', 'shared_trunk_depth',
+           'train_bandit', 'kl_penalty', 'trunk_states', 'top_hidden', 'top_logprobs', 'shared_trunk_depth',
            'policy_and_ref_logprobs', 'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
@@ -102,14 +102,18 @@ def trunk_states(model, input_ids:torch.Tensor, attention_mask:torch.Tensor, fir
     return seen
 
 # %% ../nbs/06_log_derivative.ipynb #07be1959
-def top_logprobs(model, trunk:dict, input_ids:torch.Tensor, completion_mask:torch.Tensor, first_layer:int) -> torch.Tensor:
-    "Per-token log-probs of the completion (batch, length-1, zero elsewhere), running `model`'s layers from `first_layer` on `trunk`."
+def top_hidden(model, trunk:dict, first_layer:int) -> torch.Tensor:
+    "Final-norm hidden states (batch, length, hidden): `model`'s decoder layers from `first_layer` up, run on `trunk`."
     h = trunk["hidden"]
     for layer in model.model.layers[first_layer:]:
         h = layer(h, **trunk["kwargs"])
         if isinstance(h, tuple): h = h[0]   # older transformers return (hidden, ...)
+    return model.model.norm(h)
+
+def top_logprobs(model, trunk:dict, input_ids:torch.Tensor, completion_mask:torch.Tensor, first_layer:int) -> torch.Tensor:
+    "Per-token log-probs of the completion (batch, length-1, zero elsewhere), running `model`'s layers from `first_layer` on `trunk`."
     scored = completion_mask[:, 1:].bool()
-    logits = model.lm_head(model.model.norm(h)[:, :-1][scored]).float()   # the vocabulary only where a token is scored
+    logits = model.lm_head(top_hidden(model, trunk, first_layer)[:, :-1][scored]).float()   # the vocabulary only where scored
     lp = logits.gather(-1, input_ids[:, 1:][scored][:, None]).squeeze(-1) - logits.logsumexp(-1)
     return torch.zeros(scored.shape, dtype=lp.dtype, device=lp.device).masked_scatter(scored, lp)
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .distributions import response_mask
-from .policy_gradient import check_reference, check_rewards, shared_trunk_depth, trunk_states
-from .reward import check_reward_model
+from .policy_gradient import check_reference, check_rewards, shared_trunk_depth, top_hidden, trunk_states
+from .reward import check_reward_model, reward_scores
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
@@ -177,12 +177,7 @@ def response_hidden(model, input_ids:torch.Tensor, attention_mask:torch.Tensor, 
     if trunk is None:
         h = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
                              use_cache=False).last_hidden_state
-    else:   # the frozen trunk ran once: only the layers from `first_layer` up
-        h = trunk["hidden"]
-        for layer in model.model.layers[first_layer:]:
-            h = layer(h, **trunk["kwargs"])
-            if isinstance(h, tuple): h = h[0]
-        h = model.model.norm(h)
+    else: h = top_hidden(model, trunk, first_layer)   # the frozen trunk ran once: only the layers from `first_layer` up
     return h[:, prompt_width - 1:prompt_width - 1 + width]
 
 def response_logprobs(model, hidden:torch.Tensor, responses:torch.Tensor, mask:torch.Tensor,
@@ -209,10 +204,7 @@ def policy_and_values(pv:PolicyAndValue, roll:dict, idx, temperature:float, trun
 @torch.no_grad()
 def score_responses(reward_model, input_ids:torch.Tensor, attention_mask:torch.Tensor) -> torch.Tensor:
     "r(x, y): the reward model's score read at each row's last real token (the EOS, or the last token of a cut-off reply)."
-    h = reward_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
-                                use_cache=False).last_hidden_state
-    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)
-    return reward_model.score(h[torch.arange(len(h), device=h.device), last]).squeeze(-1).float()
+    return reward_scores(reward_model, input_ids, attention_mask).float()   # chapter 4's, under no_grad
 
 # %% ../nbs/07_ppo.ipynb #71052be3
 @dataclass

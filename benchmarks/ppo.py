@@ -101,6 +101,7 @@ def main(rows, new_tokens):
     print(f"one PPO iteration, {rows} rollouts of <= {new_tokens} tokens, 4 epochs x 2 minibatches (generation excluded):")
     for k, v in times.items(): print(f"  {k:34s} {v:6.2f} s   ÷ TRL = {v / base:.2f}")
     it = times["ours, value head + shared trunk"]
+    print(f"target: ours (value head + shared trunk) ÷ TRL <= 0.5: {'PASS' if it / base <= 0.5 else 'FAIL'} ({it / base:.2f})")
     print(f"sampling the {rows} responses took {t_gen:.2f} s: {t_gen / (t_gen + it):.0%} of a whole step of ours "
           f"(value head + shared trunk), {t_gen / (t_gen + base):.0%} of TRL's")
 
