@@ -10,7 +10,7 @@ __all__ = ['TRUNCATION_MODES', 'DPO_LOSSES', 'METRIC_NAMES', 'common_prefix_leng
            'preference_metrics', 'adapters_off', 'reference_logps', 'precompute_reference',
            'policy_and_reference_logps', 'DPOSettings', 'check_dpo_reference', 'train_dpo']
 
-# %% ../nbs/08_dpo.ipynb #f7e219c2
+# %% ../nbs/08_dpo.ipynb #8a97a3dd
 import math
 import time
 import warnings
@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from .distributions import sequence_logprobs
 from .lora import lora_layers
 from .policy_gradient import check_reference, shared_trunk_depth, top_logprobs, trunk_states
-from .reward import win_rate
 from .sft import chat_ids
 from alignbook.training import (
     TrainConfig,
@@ -41,7 +40,7 @@ from alignbook.training import (
     training_mode,
 )
 
-# %% ../nbs/08_dpo.ipynb #9f3e7ec9
+# %% ../nbs/08_dpo.ipynb #af880162
 def common_prefix_length(a:list, b:list) -> int:
     "How many leading items `a` and `b` share."
     n = 0
@@ -73,7 +72,7 @@ def preference_ids(row:dict, tokenizer) -> dict:
     n = min(common_prefix_length(prompt_ids, f) for f in full)   # the completion starts where prompt and full part
     return dict(prompt_ids=prompt_ids[:n], chosen_ids=full[0][n:], rejected_ids=full[1][n:])
 
-# %% ../nbs/08_dpo.ipynb #d7a58380
+# %% ../nbs/08_dpo.ipynb #10213ef1
 TRUNCATION_MODES = ("keep_start", "keep_end")
 
 def _cut(seq:list, max_length:int|None, truncation:str) -> list:
@@ -96,7 +95,7 @@ def collate_preferences(rows:list[dict], pad_token_id:int, max_length:int|None=N
         if k in rows[0]: out[k] = torch.tensor([r[k] for r in rows])
     return out
 
-# %% ../nbs/08_dpo.ipynb #dca04f4c
+# %% ../nbs/08_dpo.ipynb #bc9c9fd2
 def _text(reply) -> str: return reply if isinstance(reply, str) else " ".join(m.get("content") or "" for m in reply)
 
 def tokenize_preferences(rows, tokenizer, max_length:int|None=None, truncation:str="keep_start") -> list[dict]:
@@ -126,13 +125,13 @@ def tokenize_preferences(rows, tokenizer, max_length:int|None=None, truncation:s
                               ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=2)
     return kept
 
-# %% ../nbs/08_dpo.ipynb #35701e7a
+# %% ../nbs/08_dpo.ipynb #8715bac0
 def completion_logps(model, batch:dict) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed completion log-probs of the chosen (batch,) and rejected (batch,) halves of a `collate_preferences` batch."
     _, summed = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     return summed.chunk(2)
 
-# %% ../nbs/08_dpo.ipynb #30e78d1d
+# %% ../nbs/08_dpo.ipynb #3d6bca52
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust")
 
 def dpo_loss(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor,          # (batch,) summed completion log-probs, policy
@@ -154,7 +153,7 @@ def dpo_loss(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor,          # 
         return (-(1 - eps) * F.logsigmoid(beta * margin) + eps * F.logsigmoid(-beta * margin)) / (1 - 2 * eps)
     raise ValueError(f"loss_type must be one of {DPO_LOSSES}, got {loss_type!r}")
 
-# %% ../nbs/08_dpo.ipynb #f287f3fe
+# %% ../nbs/08_dpo.ipynb #0a17c833
 def preference_sums(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor, ref_chosen_logps:torch.Tensor,
                     ref_rejected_logps:torch.Tensor, beta:float) -> torch.Tensor:
     "Sums over a batch of pairs of what TRL logs: (chosen reward, rejected reward, wins, margin, chosen logp, rejected logp)."
@@ -168,7 +167,7 @@ def preference_metrics(sums:torch.Tensor, n_pairs:int) -> dict:
     "TRL's metric names and values from `preference_sums` over `n_pairs` pairs."
     return {k: v.item() / n_pairs for k, v in zip(METRIC_NAMES, sums)}
 
-# %% ../nbs/08_dpo.ipynb #f167cea7
+# %% ../nbs/08_dpo.ipynb #d04ee05b
 @contextmanager
 def adapters_off(model):
     "Inside the block, `model` without its LoRA updates (every adapter's scaling set to 0): the model it started from."
@@ -200,7 +199,7 @@ def precompute_reference(policy, rows:list[dict], pad_token_id:int, ref=None, ba
         out += [dict(row, ref_chosen_logps=a.item(), ref_rejected_logps=b.item()) for row, a, b in zip(chunk, c, r)]
     return out
 
-# %% ../nbs/08_dpo.ipynb #64e34bee
+# %% ../nbs/08_dpo.ipynb #e6cde16e
 def policy_and_reference_logps(policy, batch:dict, ref=None, first_layer:int|None=None, with_reference:bool=True):
     "((chosen, rejected) under the policy, with gradient; (chosen, rejected) under the reference or None); shared trunk from `first_layer`."
     if first_layer is None:
@@ -216,7 +215,7 @@ def policy_and_reference_logps(policy, batch:dict, ref=None, first_layer:int|Non
             with adapters_off(policy): theirs = top_logprobs(policy, trunk, ids, mask, first_layer)
     return ours, theirs.sum(-1).chunk(2)
 
-# %% ../nbs/08_dpo.ipynb #b5a922a2
+# %% ../nbs/08_dpo.ipynb #8c392c06
 @dataclass
 class DPOSettings(TrainConfig):
     "Hyper-parameters of `train_dpo`: `TrainConfig`'s, and DPO's own (TRL's `DPOConfig` names)."
@@ -250,7 +249,7 @@ def check_dpo_reference(policy, ref):
     if other: raise ValueError(f"weights outside the LoRA adapters are trained ({other[:3]}...), so switching the adapters "
                                "off does not give the starting model: pass a frozen copy of it as `ref`")
 
-# %% ../nbs/08_dpo.ipynb #da583db7
+# %% ../nbs/08_dpo.ipynb #0a98717a
 def train_dpo(policy, data, cfg:DPOSettings|None=None, tokenizer=None,
               ref=None, # the reference: a frozen copy of the start; None = `policy` with its LoRA adapters off
              ) -> list[dict]:
