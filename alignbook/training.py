@@ -12,6 +12,7 @@ __all__ = ['SCHEDULES', 'TrainConfig', 'lr_factor', 'make_optimizer', 'trainable
 # %% ../nbs/00c_training.ipynb #881e1994
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,14 @@ def prepare(model:nn.Module):
     "This process's `Accelerator` (one process, or one of many that torchrun started) and the wrapped model."
     from accelerate import Accelerator
     accelerator = Accelerator(cpu=model_device(model).type == "cpu")   # cpu=True: many CPU processes use gloo
+    if accelerator.mixed_precision != "no":
+        # accelerate's state is one per process: a TRL or transformers Trainer made earlier (TRL's configs default to
+        # bf16=True, CPU included) or `accelerate launch --mixed_precision` leaves it set, and `prepare` would silently
+        # wrap our forward passes in autocast. In alignbook's trainers `cfg.bf16` alone decides.
+        warnings.warn(f"accelerate's state in this process asks for {accelerator.mixed_precision} mixed precision (set by "
+                      "an earlier Trainer or by `accelerate launch`); alignbook's trainers ignore it: set cfg.bf16=True "
+                      "for bfloat16 autocast", stacklevel=3)
+        accelerator.native_amp = False                                 # prepare() then leaves the forward alone
     return accelerator, accelerator.prepare(ForwardWith(model))
 
 def unwrap(model:nn.Module) -> nn.Module:

@@ -1,6 +1,9 @@
 """DPO's pieces: the loss's closed forms, the three references, the shared trunk, and every bad input refused or counted."""
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +130,10 @@ def test_nan_stops_before_any_weight_changes(tok):
     with pytest.raises(FloatingPointError, match="step 1: the loss is nan"):
         train_dpo(policy, rows, DPOSettings(steps=2, batch_size=3, precompute_ref=False), tok)
     assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())
+
+
+def test_an_earlier_bf16_accelerator_does_not_leak_into_training():
+    "TRL's configs default to bf16=True, which sets accelerate's one-per-process state; our trainers must not inherit it."
+    script = Path(__file__).parent / "scripts" / "mixed_precision_state.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
