@@ -131,7 +131,8 @@ def main(args):
     for name, rs in results.items():
         step, peak, once = (statistics.mean(r[k] for r in rs) for k in ("step", "peak", "once"))
         extra = f", reference pass once {once:.2f} s ({once / (PAIRS / BATCH):.3f} s per step of one epoch)" if once else ""
-        print(f"{name:22s} {step:.3f} s/step (runs: {', '.join(f'{r['step']:.3f}' for r in rs)}), peak {peak:.0f} MiB; "
+        runs = ", ".join(f"{r['step']:.3f}" for r in rs)
+        print(f"{name:22s} {step:.3f} s/step (runs: {runs}), peak {peak:.0f} MiB; "
               f"÷ TRL: time {step / trl['step']:.2f}, memory {peak / trl['peak']:.2f}{extra}")
     ratio = lambda name: statistics.mean(r["step"] for r in results[name]) / trl["step"]
     for name, target in [("ours, course setting", 0.5), ("ours, TRL's work", 1.0)]:
