@@ -32,7 +32,7 @@ def _load(d, name):
 
 def _max_diff(a, b): return max((a[k] - b[k]).abs().max().item() for k in a)
 
-@pytest.mark.parametrize("name", ["sft", "reward", "features"])
+@pytest.mark.parametrize("name", ["sft", "reward", "features", "dpo"])
 def test_two_processes_equal_one_with_twice_the_batch(outs, name):
     (h1, w1), (h2, w2), (hh, wh) = (_load(outs[k], name) for k in ("one", "two", "half"))
     assert [r["step"] for r in h2] == [1, 2, 3]

@@ -1,8 +1,8 @@
-"""Run SFT, reward, REINFORCE and PPO training on the tiny model, in one process or under torchrun, and save what came out.
+"""Run SFT, reward, REINFORCE, PPO and DPO training on the tiny model, in one process or under torchrun, and save what came out.
 
 python tests/scripts/ddp_trainers.py OUT BATCH        one process, BATCH rows per step
 torchrun --nproc_per_node 2 tests/scripts/ddp_trainers.py OUT BATCH   two processes, BATCH rows each
-Writes OUT/{sft,reward,features}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt and OUT/ppo_rank{R}.pt from each.
+Writes OUT/{sft,reward,features,dpo}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt and OUT/ppo_rank{R}.pt from each.
 """
 import json
 import sys
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from alignbook.dpo import DPOSettings, train_dpo
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.policy_gradient import ReinforceSettings, train_reinforce
@@ -61,6 +62,11 @@ cfg = PPOSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tok
 history = train_ppo(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
 torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
            out / f"ppo_rank{rank}.pt")
+
+# DPO: pairs of different lengths; the reference is the policy with its adapters off, the trunk below layer 1 shared
+pref = [dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12]) for i in range(16)]
+policy = inject_lora(load_model(TINY, device="cpu"), ["layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"], r=2)
+save("dpo", train_dpo(policy, pref, DPOSettings(steps=3, batch_size=batch, lr=1e-2, beta=0.5), tok), policy)
 
 # leave together: without this, a rank that exits while gloo's threads still run can abort ("terminate called ...")
 if torch.distributed.is_initialized():
