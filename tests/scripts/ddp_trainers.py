@@ -65,6 +65,7 @@ torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in poli
 
 # DPO: pairs of different lengths; the reference is the policy with its adapters off, the trunk below layer 1 shared
 pref = [dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12]) for i in range(16)]
+torch.manual_seed(0)   # inject_lora draws A from the global generator: the same start in every run
 policy = inject_lora(load_model(TINY, device="cpu"), ["layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"], r=2)
 save("dpo", train_dpo(policy, pref, DPOSettings(steps=3, batch_size=batch, lr=1e-2, beta=0.5), tok), policy)
 
