@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .distributions import sequence_logprobs
 from .lora import lora_layers
 from .policy_gradient import check_reference, shared_trunk_depth, top_logprobs, trunk_states
+from .reward import _reply_text
 from .sft import chat_ids
 from alignbook.training import (
     TrainConfig,
@@ -79,16 +80,21 @@ def _cut(seq:list, max_length:int|None, truncation:str) -> list:
     if max_length is None or len(seq) <= max_length: return seq
     return seq[:max_length] if truncation == "keep_start" else seq[-max_length:]
 
-def collate_preferences(rows:list[dict], pad_token_id:int, max_length:int|None=None, truncation:str="keep_start") -> dict:
-    "One right-padded batch: chosen sequences, then rejected ones, with `completion_mask` (TRL's layout) and any reference log-probs."
-    if truncation not in TRUNCATION_MODES: raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+def _check_truncation(truncation:str):
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+
+def collate_preferences(rows:list[dict], pad_token_id:int, max_length:int|None=None,
+                        truncation:str="keep_start") -> dict:
+    "A right-padded batch in TRL's layout: chosen, then rejected, a `completion_mask`, any reference log-probs."
+    _check_truncation(truncation)
     seqs, masks = [], []
     for side in ("chosen_ids", "rejected_ids"):
         for r in rows:
             seqs.append(_cut(r["prompt_ids"] + r[side], max_length, truncation))
             masks.append(_cut([0] * len(r["prompt_ids"]) + [1] * len(r[side]), max_length, truncation))
     width = max(map(len, seqs))
-    out = dict(input_ids=torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs]),           # (2·batch, width)
+    out = dict(input_ids=torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs]),   # (2·batch, width)
                attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
                completion_mask=torch.tensor([m + [0] * (width - len(m)) for m in masks]))
     for k in ("ref_chosen_logps", "ref_rejected_logps"):
@@ -96,17 +102,15 @@ def collate_preferences(rows:list[dict], pad_token_id:int, max_length:int|None=N
     return out
 
 # %% ../nbs/08_dpo.ipynb #bc9c9fd2
-def _text(reply) -> str: return reply if isinstance(reply, str) else " ".join(m.get("content") or "" for m in reply)
-
 def tokenize_preferences(rows, tokenizer, max_length:int|None=None, truncation:str="keep_start") -> list[dict]:
     "Token ids of preference rows in TRL's formats; rows that cannot teach are dropped and counted in a warning."
-    if truncation not in TRUNCATION_MODES: raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+    _check_truncation(truncation)
     if max_length is not None and max_length < 2: raise ValueError(f"max_length must be >= 2, got {max_length}")
     kept, dropped = [], Counter()
     for i, row in enumerate(rows):
         try: row = explicit_prompt(row)
         except TypeError as e: raise TypeError(f"row {i}: {e}") from None
-        if not _text(row["chosen"]).strip() or not _text(row["rejected"]).strip():
+        if not _reply_text(row["chosen"]).strip() or not _reply_text(row["rejected"]).strip():
             dropped["empty completion"] += 1
             continue
         if row["chosen"] == row["rejected"]:
@@ -134,10 +138,13 @@ def completion_logps(model, batch:dict) -> tuple[torch.Tensor, torch.Tensor]:
 # %% ../nbs/08_dpo.ipynb #3d6bca52
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust")
 
-def dpo_loss(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor,          # (batch,) summed completion log-probs, policy
-             ref_chosen_logps:torch.Tensor, ref_rejected_logps:torch.Tensor,  # (batch,) the same under the reference
+def dpo_loss(chosen_logps:torch.Tensor, # (batch,) summed completion log-probs under the policy
+             rejected_logps:torch.Tensor, # (batch,)
+             ref_chosen_logps:torch.Tensor, # (batch,) the same under the reference
+             ref_rejected_logps:torch.Tensor, # (batch,)
              beta:float=0.1, loss_type:str="sigmoid", label_smoothing:float=0.0,
-             chosen_tokens:torch.Tensor|None=None, rejected_tokens:torch.Tensor|None=None, # (batch,) completion lengths, for 'ipo'
+             chosen_tokens:torch.Tensor|None=None, # (batch,) completion lengths, for 'ipo'
+             rejected_tokens:torch.Tensor|None=None, # (batch,)
             ) -> torch.Tensor:
     "The loss of each pair (batch,) for `loss_type` in `DPO_LOSSES`, as TRL 1.16 computes it."
     h_w, h_l = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps    # log-ratios to the reference
@@ -145,7 +152,8 @@ def dpo_loss(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor,          # 
     if loss_type == "sigmoid": return -F.logsigmoid(beta * margin)
     if loss_type == "hinge": return torch.relu(1 - beta * margin)
     if loss_type == "ipo":
-        if chosen_tokens is None or rejected_tokens is None: raise ValueError("'ipo' needs chosen_tokens and rejected_tokens")
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("'ipo' needs chosen_tokens and rejected_tokens")
         per_token = h_w / chosen_tokens.clamp(min=1) - h_l / rejected_tokens.clamp(min=1)
         return (per_token - 1 / (2 * beta)) ** 2
     if loss_type == "robust":
@@ -156,12 +164,14 @@ def dpo_loss(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor,          # 
 # %% ../nbs/08_dpo.ipynb #0a17c833
 def preference_sums(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor, ref_chosen_logps:torch.Tensor,
                     ref_rejected_logps:torch.Tensor, beta:float) -> torch.Tensor:
-    "Sums over a batch of pairs of what TRL logs: (chosen reward, rejected reward, wins, margin, chosen logp, rejected logp)."
-    r_w, r_l = beta * (chosen_logps - ref_chosen_logps).detach(), beta * (rejected_logps - ref_rejected_logps).detach()
+    "Sums over pairs of what TRL logs: chosen reward, rejected reward, wins, margin, chosen logp, rejected logp."
+    r_w = beta * (chosen_logps - ref_chosen_logps).detach()
+    r_l = beta * (rejected_logps - ref_rejected_logps).detach()
     return torch.stack([r_w.sum(), r_l.sum(), (r_w > r_l).float().sum(), (r_w - r_l).sum(),
                         chosen_logps.detach().sum(), rejected_logps.detach().sum()])
 
-METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected")
 
 def preference_metrics(sums:torch.Tensor, n_pairs:int) -> dict:
     "TRL's metric names and values from `preference_sums` over `n_pairs` pairs."
@@ -172,8 +182,8 @@ def preference_metrics(sums:torch.Tensor, n_pairs:int) -> dict:
 def adapters_off(model):
     "Inside the block, `model` without its LoRA updates (every adapter's scaling set to 0): the model it started from."
     layers = lora_layers(model)
-    if not layers: raise ValueError("the model has no LoRA adapters to switch off: pass the reference model (a frozen copy "
-                                    "of the starting model) as `ref`")
+    if not layers: raise ValueError("the model has no LoRA adapters to switch off: pass the reference model "
+                                    "(a frozen copy of the starting model) as `ref`")
     if any(layer.merged for layer in layers.values()):
         raise ValueError("merged LoRA adapters cannot be switched off: unmerge them first (lora.unmerge)")
     scalings = {name: layer.scaling for name, layer in layers.items()}
@@ -184,7 +194,7 @@ def adapters_off(model):
 
 @torch.no_grad()
 def reference_logps(policy, batch:dict, ref=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Summed completion log-probs of a batch's chosen and rejected halves under `ref`, or under `policy` with its adapters off."
+    "Summed completion log-probs of a batch's chosen and rejected halves under `ref`, or `policy` with adapters off."
     if ref is not None: return completion_logps(ref, batch)
     with adapters_off(policy): return completion_logps(policy, batch)
 
@@ -201,7 +211,7 @@ def precompute_reference(policy, rows:list[dict], pad_token_id:int, ref=None, ba
 
 # %% ../nbs/08_dpo.ipynb #e6cde16e
 def policy_and_reference_logps(policy, batch:dict, ref=None, first_layer:int|None=None, with_reference:bool=True):
-    "((chosen, rejected) under the policy, with gradient; (chosen, rejected) under the reference or None); shared trunk from `first_layer`."
+    "(chosen, rejected) log-probs under the policy (with gradient) and the reference (or None); trunk shared."
     if first_layer is None:
         return completion_logps(policy, batch), reference_logps(policy, batch, ref) if with_reference else None
     ids, attn = batch["input_ids"], batch["attention_mask"]
@@ -226,7 +236,7 @@ class DPOSettings(TrainConfig):
     label_smoothing: float = 0.0  # ε, the assumed fraction of flipped labels ('robust' only)
     max_length: int|None = 1024  # prompt + completion tokens kept per sequence (None: all)
     truncation: str = "keep_start"  # which end of a long sequence to keep: 'keep_start' or 'keep_end'
-    precompute_ref: bool = False  # compute the reference log-probs once before training (rows that have them keep theirs)
+    precompute_ref: bool = False  # compute the reference log-probs once before training (rows that have them keep them)
     shared_trunk: bool = True  # run the frozen layers below the first trained one once for policy and reference
 
     def problems(self) -> list[str]:
@@ -234,20 +244,22 @@ class DPOSettings(TrainConfig):
                   (self.loss_type in DPO_LOSSES, f"loss_type must be one of {DPO_LOSSES}, got {self.loss_type!r}"),
                   (0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}"),
                   (self.label_smoothing == 0 or self.loss_type == "robust",
-                   f"label_smoothing={self.label_smoothing} does nothing with loss_type={self.loss_type!r} (TRL 1.16 ignores "
-                   "it there too): use loss_type='robust' for labels that may be flipped"),
-                  (self.max_length is None or self.max_length >= 2, f"max_length must be >= 2 or None, got {self.max_length}"),
-                  (self.truncation in TRUNCATION_MODES, f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")]
+                   f"label_smoothing={self.label_smoothing} does nothing with loss_type={self.loss_type!r} (TRL 1.16 "
+                   "ignores it there too): use loss_type='robust' for labels that may be flipped"),
+                  (self.max_length is None or self.max_length >= 2,
+                   f"max_length must be >= 2 or None, got {self.max_length}"),
+                  (self.truncation in TRUNCATION_MODES,
+                   f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")]
         return super().problems() + [msg for ok, msg in checks if not ok]
 
 def check_dpo_reference(policy, ref):
-    "Refuse a reference that is the policy, and an adapters-off reference when weights outside the LoRA adapters are trained."
+    "Refuse a reference that is the policy, and adapters off as the reference while weights outside them are trained."
     if ref is not None: return check_reference(policy, ref)
-    if not lora_layers(policy): raise ValueError("no reference model was given and the policy has no LoRA adapters to switch "
-                                                 "off: pass a frozen copy of the starting model as `ref`")
+    if not lora_layers(policy): raise ValueError("no reference model was given and the policy has no LoRA adapters to "
+                                                 "switch off: pass a frozen copy of the starting model as `ref`")
     other = [n for n, p in policy.named_parameters() if p.requires_grad and "lora_" not in n]
-    if other: raise ValueError(f"weights outside the LoRA adapters are trained ({other[:3]}...), so switching the adapters "
-                               "off does not give the starting model: pass a frozen copy of it as `ref`")
+    if other: raise ValueError(f"weights outside the LoRA adapters are trained ({other[:3]}...), so switching the "
+                               "adapters off does not give the starting model: pass a frozen copy of it as `ref`")
 
 # %% ../nbs/08_dpo.ipynb #0a98717a
 def train_dpo(policy, data, cfg:DPOSettings|None=None, tokenizer=None,
@@ -256,7 +268,8 @@ def train_dpo(policy, data, cfg:DPOSettings|None=None, tokenizer=None,
     "Train `policy` on preference pairs with the DPO loss; returns the history with TRL's metric names."
     cfg = cfg or DPOSettings()
     if data and "prompt_ids" not in data[0]:                                   # preference rows: tokenize them
-        if tokenizer is None: raise ValueError("preference rows need the tokenizer; or pass tokenize_preferences' output")
+        if tokenizer is None:
+            raise ValueError("preference rows need the tokenizer; or pass tokenize_preferences' output")
         data = tokenize_preferences(data, tokenizer, cfg.max_length, cfg.truncation)
     pad = tokenizer.pad_token_id if tokenizer is not None else policy.config.pad_token_id
     if pad is None: raise ValueError("no pad token id: pass the tokenizer, or set policy.config.pad_token_id")
@@ -293,10 +306,11 @@ def train_dpo(policy, data, cfg:DPOSettings|None=None, tokenizer=None,
                                       batch["attention_mask"].sum()[None].float()])
                     sums = accelerator.reduce(sums, "sum")
                     check_finite(sums[0], step)
-                    accelerator.backward(loss_sum * world / n_pairs)          # DDP averages over processes: the global mean
+                    accelerator.backward(loss_sum * world / n_pairs)   # DDP averages over processes: the global mean
                 totals += sums
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)   # 4. update
             seen += int(totals[7])                                                   # 5. log
             history.append(log_row(step, step * n_pairs / len(data), totals[0].item() / n_pairs, lr, grad_norm, seen,
-                                   time.perf_counter() - t0, int(totals[7]), **preference_metrics(totals[1:7], n_pairs)))
+                                   time.perf_counter() - t0, int(totals[7]),
+                                   **preference_metrics(totals[1:7], n_pairs)))
     return history

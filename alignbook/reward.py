@@ -113,7 +113,8 @@ def reward_scores(model, input_ids:torch.Tensor, attention_mask:torch.Tensor) ->
     return model.score(hidden[rows, last_token_index(attention_mask)]).squeeze(-1)
 
 # %% ../nbs/04_reward_modeling.ipynb #0d32ad43
-def _reply_text(reply) -> str: return reply if isinstance(reply, str) else " ".join(m["content"] for m in reply)
+def _reply_text(reply) -> str:
+    return reply if isinstance(reply, str) else " ".join(m.get("content") or "" for m in reply)
 
 def pair_ids(row:dict, tokenizer) -> tuple[list[int], list[int]]:
     "Token ids of the chosen and the rejected sequence of one preference row in any of TRL's formats."
