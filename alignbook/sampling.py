@@ -147,9 +147,12 @@ def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padde
              attention_mask:torch.Tensor|None=None, # 1 = real token; default: all ones
              settings:GenerationSettings|None=None, # decoding settings; keyword arguments override them
              generator:torch.Generator|None=None, # random source for sampling (default: torch's global one)
+             streamer=None, # gets the tokens as they come: transformers' streamer protocol (`put`, then `end`), batch 1
              **overrides) -> torch.Tensor: # (batch * num_return_sequences, prompt + new tokens)
     "Decode greedily or by sampling (or by beam search if `num_beams` > 1), with a KV cache."
     s = _settings(model, settings, overrides, input_ids.shape[1])
+    if streamer is not None and (input_ids.shape[0] * s.num_return_sequences != 1 or s.num_beams > 1):
+        raise ValueError("a streamer shows one sequence: use batch 1, num_return_sequences=1 and no beam search")
     if s.num_beams > 1: return beam_search(model, input_ids, attention_mask, s)
     if attention_mask is None: attention_mask = torch.ones_like(input_ids)
     if attention_mask[:, -1].eq(0).any(): raise ValueError("prompts must be left-padded: a row ends with padding")
@@ -158,6 +161,7 @@ def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padde
     cache = DynamicCache(config=model.config)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     stop = torch.tensor(s.stop_ids, device=input_ids.device, dtype=torch.long)
+    if streamer is not None: streamer.put(input_ids.cpu())               # the prompt first, as `generate` does
     logits = _forward(model, input_ids, attention_mask, cache)           # prefill: the whole prompt
     for step in range(s.max_new_tokens):
         scores = process_logits(logits, input_ids, attention_mask, step, s)
@@ -167,8 +171,10 @@ def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padde
         input_ids = torch.cat([input_ids, next_ids[:, None]], 1)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], 1)
         unfinished &= ~torch.isin(next_ids, stop)
+        if streamer is not None: streamer.put(next_ids.cpu())
         if not unfinished.any() or step == s.max_new_tokens - 1: break
         logits = _forward(model, next_ids[:, None], attention_mask, cache)  # decode: one new token per row
+    if streamer is not None: streamer.end()
     return input_ids
 
 # %% ../nbs/02_sampling.ipynb #22333599

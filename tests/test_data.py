@@ -79,8 +79,51 @@ def test_instructions_input_may_be_empty_but_output_may_not():
 
 def test_no_local_copy_and_no_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(data, "data_dir", lambda: None)
-    with pytest.raises(FileNotFoundError, match="no local copy.*no hub name"):
+    monkeypatch.setitem(data.SOURCES, "alpaca-demo", data.DataSource("llamafactory_demo", {"train": "alpaca_en_demo.json"}))
+    with pytest.raises(FileNotFoundError, match="no local copy.*no hub name.*llamafactory_demo/alpaca_en_demo.json"):
         load_instructions("alpaca-demo")
+
+
+def test_every_dataset_of_the_book_has_a_remote_copy():
+    # a fork of the book on GitHub runs online with no data directory: every file needs a hub id or a URL
+    for name, src in data.SOURCES.items():
+        for key in src.files or [None]:
+            assert src.hub is not None or key in src.urls, (name, key)
+    assert all("/cd543a149df89434d8a54582c0151c0b945c3d20/" in u for u in data.SOURCES["alpaca-eval-prefs"].urls.values())
+
+
+def test_remote_copies_are_read_from_the_right_place(monkeypatch, tmp_path):
+    import datasets
+    seen = []
+    def fake(hub, **kw):
+        seen.append(dict(hub=hub, **kw))
+        return [dict(instruction="Say hi", input="", output="hi")] if "alpaca" in kw.get("data_files", "") else \
+            [dict(conversations=[{"from": "human", "value": "Hi"}], chosen={"from": "gpt", "value": "Hello"},
+                  rejected={"from": "gpt", "value": "Go away"})]
+    monkeypatch.setattr(data, "data_dir", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert load_instructions("alpaca-demo")[0]["output"] == "hi"
+    assert load_preferences("dpo-demo")[0]["chosen"] == [{"role": "assistant", "content": "Hello"}]
+    assert seen == [dict(hub="llamafactory/demo_data", data_files=f, split="train") for f in ("alpaca_en_demo.json", "dpo_en_demo.json")]
+    urls = []
+    def download(url, dataset):
+        urls.append(url)
+        f = tmp_path / "annotations.json"
+        f.write_text(json.dumps([dict(instruction="i", output_1="a", output_2="b", preference=2)]))
+        return f
+    monkeypatch.setattr(data, "_download", download)
+    assert load_preferences("alpaca-eval-prefs", "oasst-rlhf")[0]["chosen"] == "b"
+    assert urls == [data.SOURCES["alpaca-eval-prefs"].urls["oasst-rlhf"]]
+    assert urls[0].endswith("/results/oasst-rlhf-llama-33b/alpaca_eval_gpt4/annotations.json")
+
+
+def test_data_dir_missing_a_dataset_falls_back_to_the_remote_copy(monkeypatch, tmp_path):
+    import datasets
+    def offline(*a, **k): raise ConnectionError("Couldn't reach the hub")
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))          # a data directory without gsm8k/
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match="no local copy.*'openai/gsm8k'.*holds gsm8k/test.jsonl.gz"):
+        data.load_gsm8k("test")
 
 
 def test_unreachable_hub_is_a_clear_error(monkeypatch):
