@@ -139,3 +139,26 @@ def test_model_generation_config_defaults_apply_as_in_transformers():
     torch.manual_seed(0); ours = generate(model, **batch, do_sample=True, max_new_tokens=10, top_k=0, temperature=1.5)
     torch.manual_seed(0); theirs = model.generate(**batch, do_sample=True, max_new_tokens=10, top_k=0, temperature=1.5)
     assert torch.equal(ours, theirs)
+
+
+def test_generate_streams_like_transformers():
+    "A transformers TextStreamer gets the same text from our generate as from model.generate (greedy, one prompt)."
+    import io
+
+    from transformers import TextStreamer
+    class Collect(TextStreamer):
+        def __init__(self, tok):
+            super().__init__(tok, skip_prompt=True, skip_special_tokens=True)
+            self.text = io.StringIO()
+        def on_finalized_text(self, text, stream_end=False): self.text.write(text)
+    tok = load_tokenizer(TINY)
+    model = load_model(TINY, device="cpu")
+    enc = tok(["The capital of France is"], return_tensors="pt")
+    ours, theirs = Collect(tok), Collect(tok)
+    ids = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=12, do_sample=False, streamer=ours)
+    model.generate(**enc, max_new_tokens=12, do_sample=False, streamer=theirs, pad_token_id=tok.pad_token_id)
+    assert ours.text.getvalue() == theirs.text.getvalue() == tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len(ours.text.getvalue()) > 10
+    with pytest.raises(ValueError, match="a streamer shows one sequence"):
+        generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=2, num_return_sequences=2, do_sample=True,
+                 streamer=Collect(tok))

@@ -1,0 +1,215 @@
+"""`alignbook pipeline` end to end on the tiny model: the report's table, metrics.json, adapters that load in PEFT, reward
+models that load in transformers; resuming; errors that name the stage; the command line, chat, and two processes."""
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from alignbook import pipeline
+from alignbook.models import TINY, load_model, load_tokenizer
+from alignbook.pipeline import (
+    PipelineError,
+    chat,
+    load_policy,
+    load_scorer,
+    run_pipeline,
+    settings_for,
+    stage_fingerprint,
+)
+
+POLICIES = ["base", "SFT", "PPO", "DPO"]
+QUIET = dict(log=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "tiny"
+    t0 = time.perf_counter()
+    metrics = run_pipeline(settings_for("tiny"), out, preset="tiny", **QUIET)
+    return out, metrics, time.perf_counter() - t0
+
+
+def _table(report:str) -> list[list[str]]:
+    "The cells of report.md's policy table (the rows after its header)."
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| policy |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"): break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_end_to_end_in_under_a_minute(tiny_run):
+    out, metrics, seconds = tiny_run
+    assert seconds < 60, seconds
+    rows = _table((out / "report.md").read_text())
+    assert [r[0] for r in rows] == POLICIES
+    assert list(metrics["policies"]) == POLICIES
+    for name, cells in zip(POLICIES, rows):   # the table shows metrics.json's numbers
+        m = metrics["policies"][name]
+        assert cells[1] == f"{m['reward']:.3f} ± {m['reward_ci']:.3f}" and cells[2] == f"{m['judge']:.3f} ± {m['judge_ci']:.3f}"
+        assert cells[5] == f"{m['kl']:.2f}" and cells[6] == f"{m['tokens']:.1f}"
+        assert all(math.isfinite(v) for k, v in m.items() if k != "sample")
+        assert m["win_low"] <= m["win_rate"] <= m["win_high"]
+        if name != "SFT": assert cells[4] == f"{m['win_rate']:.3f} [{m['win_low']:.3f}, {m['win_high']:.3f}]"
+    assert metrics["policies"]["SFT"]["kl"] == 0.0 and metrics["policies"]["SFT"]["win_rate"] == 0.5
+    assert metrics["held_out_prompts"] == 4 and 0 < metrics["policies"]["PPO"]["tokens"] <= 8
+    assert set(metrics["stages"]) == {"sft", "reward", "ppo", "dpo", "report"}
+    assert all(s["seconds"] > 0 for s in metrics["stages"].values())
+    assert metrics["stages"]["reward"]["held_out_pairs"] == 16
+    for plot in ("training.png", "reward_vs_kl.png"):
+        assert (out / plot).stat().st_size > 10_000 and f"]({plot})" in (out / "report.md").read_text()
+    answers = json.loads((out / "report" / "answers.json").read_text())["answers"]
+    assert {k: len(v) for k, v in answers.items()} == {p: 8 for p in POLICIES}   # 4 prompts × 2 answers
+
+
+@pytest.mark.parametrize("stage", ["sft", "ppo", "dpo"])
+def test_every_adapter_loads_in_peft(tiny_run, stage):
+    out = tiny_run[0]
+    assert json.loads((out / stage / "adapter_config.json").read_text())["base_model_name_or_path"] == TINY
+    ids = load_tokenizer(TINY)(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        theirs = PeftModel.from_pretrained(load_model(TINY, device="cpu"), out / stage)(**ids).logits
+        ours = load_policy(settings_for("tiny"), out / stage, "cpu", trainable=False)(**ids).logits
+        base = load_model(TINY, device="cpu")(**ids).logits
+    assert (theirs - ours).abs().max() < 1e-5
+    assert (ours - base).abs().max() > 1e-4        # the adapter was trained: the test could tell a missing one
+
+
+@pytest.mark.parametrize("name", ["reward_model", "judge"])
+def test_reward_models_load_with_transformers(tiny_run, name):
+    folder = tiny_run[0] / "reward" / name
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.config.num_labels == 1 and tok.pad_token_id != tok.eos_token_id
+    enc = tok(["\n\nHuman: Hi\n\nAssistant: Hello" + tok.eos_token], return_tensors="pt")
+    ours, _ = load_scorer(folder, "cpu")
+    with torch.no_grad(): assert torch.equal(model(**enc).logits, ours(**enc).logits)
+
+
+def test_reward_model_and_judge_differ(tiny_run):
+    weights = [load_scorer(tiny_run[0] / "reward" / n, "cpu")[0].score.weight for n in ("reward_model", "judge")]
+    assert not torch.equal(*weights)               # trained on different pairs
+
+
+def test_resuming_skips_what_is_done_and_reruns_what_changed(tiny_run, tmp_path):
+    out = shutil.copytree(tiny_run[0], tmp_path / "copy")
+    lines = []
+    again = run_pipeline(settings_for("tiny"), out, log=lines.append)
+    assert len(lines) == 5 and all("skipped" in line for line in lines)
+    assert again["policies"] == tiny_run[1]["policies"]
+    lines = []
+    run_pipeline(settings_for("tiny", dpo_beta=0.2), out, log=lines.append)
+    assert [line.split("]")[1].split(":")[0].strip() for line in lines if "changed since it ran" in line] == ["dpo", "report"]
+    lines = []
+    run_pipeline(settings_for("tiny", dpo_beta=0.2), out, force=True, log=lines.append)
+    assert not any("skipped" in line for line in lines)
+
+
+def test_fingerprints_follow_what_each_stage_reads():
+    def all_of(cfg):
+        fp = {}
+        for name in pipeline.STAGES: fp[name] = stage_fingerprint(cfg, name, fp)
+        return fp
+    base = all_of(settings_for("tiny"))
+    changed = lambda **kw: {k for k, v in all_of(settings_for("tiny", **kw)).items() if v != base[k]}
+    assert changed(sft_steps=3) == {"sft", "ppo", "dpo", "report"}
+    assert changed(rm_steps=3) == {"reward", "ppo", "report"}
+    assert changed(eval_prompts=3) == {"report"}
+    assert changed(max_new_tokens=9) == {"ppo", "report"}
+    assert changed(pairs=17) == set(pipeline.STAGES)
+    assert changed(device="cpu") == set()
+
+
+def test_a_stage_failing_halfway_keeps_the_others(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    def failing_ppo(cfg, data, folder, *args):
+        (folder / "half-written.bin").write_bytes(b"x")
+        raise RuntimeError("out of memory (simulated)")
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "ppo", failing_ppo)
+    with pytest.raises(PipelineError, match=r"stage 'ppo' failed after .*RuntimeError: out of memory.*Kept: sft, reward \("):
+        run_pipeline(settings_for("tiny"), out, **QUIET)
+    assert (out / "sft" / "done.json").exists() and (out / "reward" / "done.json").exists()
+    assert not (out / "ppo").exists() and "out of memory" in (out / "error.log").read_text()
+    monkeypatch.undo()
+    lines = []
+    run_pipeline(settings_for("tiny"), out, log=lines.append)
+    assert [line.split("]")[1].split(":")[0].strip() for line in lines if "skipped" in line] == ["sft", "reward"]
+    assert not (out / ".ppo.partial").exists() and (out / "report.md").exists()
+
+
+def test_bad_input_gets_a_message_that_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(PipelineError, match="is a file: pass a folder"):
+        run_pipeline(settings_for("tiny"), tmp_path / "a_file")
+    with pytest.raises(PipelineError, match="stage 'setup' failed before it started: ModelNotAvailable"):
+        run_pipeline(settings_for("tiny", model=str(tmp_path / "no-such-model")), tmp_path / "out1", **QUIET)
+    with pytest.raises(PipelineError, match="stage 'setup' failed.*must split into"):   # every trainer's settings checked first
+        run_pipeline(settings_for("tiny", ppo_prompts=3, ppo_samples=1), tmp_path / "out2", **QUIET)
+    import datasets
+    def offline(*a, **k): raise ConnectionError("no network")
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("ALIGNBOOK_DATA", str(tmp_path / "data"))     # a data directory without hh-rlhf
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(PipelineError, match=r"stage 'data' failed.*set ALIGNBOOK_DATA to a folder that holds "
+                                            r"hh_rlhf_test/helpful-base.test.jsonl.gz"):
+        run_pipeline(settings_for("tiny"), tmp_path / "out3", **QUIET)
+
+
+def _command(*args, stdin=None, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "alignbook.pipeline", *args], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_command_line(tiny_run, tmp_path):
+    assert shutil.which("alignbook"), "the console script is installed by pip install (pyproject's [project.scripts])"
+    out = tmp_path / "cli"
+    r = _command("pipeline", "--preset", "tiny", "--out", str(out), "--set", "ppo_steps=1", "--set", "eval_prompts=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"report: {out / 'report.md'}" in r.stdout
+    assert json.loads((out / "settings.json").read_text())["settings"]["ppo_steps"] == 1
+    assert json.loads((out / "metrics.json").read_text())["held_out_prompts"] == 2
+    r = _command("pipeline", "--preset", "tiny", "--out", str(out), "--set", "ppo_step=1")
+    assert r.returncode == 1 and "unknown settings ['ppo_step']" in r.stderr
+    r = _command("pipeline", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "x"), env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1 and "stage 'setup' failed" in r.stderr and "Offline, call without a name" in r.stderr
+
+
+def test_chat_streams_replies(tiny_run):
+    screen = io.StringIO()
+    talk = chat(tiny_run[0] / "ppo", stdin=io.StringIO("Hello!\n/reset\nName a color.\n/exit\n"), stdout=screen,
+                max_new_tokens=6, seed=0)
+    assert [m["role"] for m in talk] == ["user", "assistant"]              # /reset dropped the first exchange
+    assert talk[0]["content"] == "Name a color." and talk[1]["content"] in screen.getvalue()
+    assert screen.getvalue().count("bot> ") == 2
+    r = _command("chat", "--adapter", str(tiny_run[0] / "dpo"), "--max-new-tokens", "5", "--seed", "0", stdin="Hi\n")
+    assert r.returncode == 0 and r.stdout.count("bot> ") == 1, r.stderr[-2000:]
+    r = _command("chat", "--adapter", str(tiny_run[0]), stdin="")
+    assert r.returncode == 1 and "holds no adapter_config.json" in r.stderr
+
+
+def test_two_processes(tiny_run, tmp_path):
+    if shutil.which("torchrun") is None: pytest.skip("torchrun is not installed")
+    out = tmp_path / "ddp"
+    r = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "alignbook.pipeline", "pipeline",
+                        "--preset", "tiny", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("report: ") == 1                  # the main process reports; the other one waited for it
+    assert [row[0] for row in _table((out / "report.md").read_text())] == POLICIES
+    for stage in ("sft", "dpo"):                            # both processes trained: each step saw twice the rows
+        two = json.loads((out / stage / "history.json").read_text())
+        one = json.loads((tiny_run[0] / stage / "history.json").read_text())
+        assert [r["epoch"] for r in two] == [2 * r["epoch"] for r in one]
+    for stage in ("sft", "ppo", "dpo"):
+        PeftModel.from_pretrained(load_model(TINY, device="cpu"), out / stage)
