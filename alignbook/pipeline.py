@@ -12,7 +12,7 @@ __all__ = ['PRESETS', 'SHARED', 'STAGES', 'STAGE_FUNCTIONS', 'DONE', 'PipelineSe
            'PipelineError', 'run_pipeline', 'policy_markdown', 'write_report', 'StreamTo', 'adapter_base', 'chat',
            'parser', 'main']
 
-# %% ../nbs/09_pipeline.ipynb #8a05f22d
+# %% ../nbs/09_pipeline.ipynb #41022857
 import argparse
 import hashlib
 import json
@@ -49,7 +49,7 @@ from alignbook.reward import (
 from .sampling import GenerationSettings, generate
 from .sft import SFTSettings, prepare_sft, top_layers, train_only, train_sft
 
-# %% ../nbs/09_pipeline.ipynb #482a7216
+# %% ../nbs/09_pipeline.ipynb #e6d0d429
 @dataclass
 class PipelineSettings:
     "Every choice `run_pipeline` makes: a preset fills them, `--set name=value` changes any. Checked when created."
@@ -96,7 +96,7 @@ class PipelineSettings:
         if not 0 < self.test_size < 1: bad.append(f"test_size must be in (0, 1), got {self.test_size}")
         if bad: raise ValueError("PipelineSettings: " + "; ".join(bad))
 
-# %% ../nbs/09_pipeline.ipynb #3431658d
+# %% ../nbs/09_pipeline.ipynb #12895423
 PRESETS = {
     "quick": dict(pairs=96, judge_pairs=64, test_pairs=64, eval_prompts=16, answers_per_prompt=2, max_new_tokens=24,
                   sft_steps=12, rm_steps=60, ppo_steps=6, dpo_steps=12),   # a laptop: < 10 min on 2 CPU cores
@@ -120,7 +120,7 @@ def settings_for(preset:str="quick", **changes) -> PipelineSettings:
         raise ValueError(f"unknown settings {unknown}; the settings are {names}")
     return PipelineSettings(**{**PRESETS[preset], **changes})
 
-# %% ../nbs/09_pipeline.ipynb #e58a3edc
+# %% ../nbs/09_pipeline.ipynb #22b565f6
 def trainer_settings(cfg:PipelineSettings) -> dict:
     "The four trainers' settings (chapters 3, 4, 7, 8's dataclasses), checked now rather than when their stage starts."
     common = dict(seed=cfg.seed, bf16=cfg.bf16)
@@ -132,7 +132,7 @@ def trainer_settings(cfg:PipelineSettings) -> dict:
         dpo=DPOSettings(steps=cfg.dpo_steps, lr=cfg.dpo_lr, beta=cfg.dpo_beta, batch_size=cfg.dpo_batch,
                         max_length=cfg.dpo_max_length, precompute_ref=True, **common))
 
-# %% ../nbs/09_pipeline.ipynb #29f35c56
+# %% ../nbs/09_pipeline.ipynb #f3fb096f
 def hh_messages(text:str) -> list[dict]:
     "An hh-rlhf dialogue ('\\n\\nHuman: ...\\n\\nAssistant: ...') as chat messages; the empty last Assistant turn is dropped."
     turns = re.split(r"\n\n(Human|Assistant):", text)[1:]   # [who, said, who, said, ...]
@@ -141,7 +141,7 @@ def hh_messages(text:str) -> list[dict]:
 
 def assistant(text:str) -> list[dict]: return [{"role": "assistant", "content": text.strip()}]
 
-# %% ../nbs/09_pipeline.ipynb #6febc3d5
+# %% ../nbs/09_pipeline.ipynb #4c143920
 def pad_token_for(tokenizer) -> str:
     "A pad token that is not EOS: the tokenizer's own, else '<|endoftext|>', else its unknown token."
     for token in (tokenizer.pad_token, "<|endoftext|>", tokenizer.unk_token):
@@ -157,7 +157,7 @@ def pipeline_tokenizers(name) -> tuple:
     rtok.pad_token = tok.pad_token
     return tok, rtok
 
-# %% ../nbs/09_pipeline.ipynb #832f0967
+# %% ../nbs/09_pipeline.ipynb #2024b3fb
 def _fits(rows, tokenizer, max_tokens:int) -> list[dict]:
     "The rows whose chosen and rejected dialogues are both at most `max_tokens` tokens (chapter 4's filter)."
     return [r for r in rows if max(map(len, pair_ids(r, tokenizer))) <= max_tokens]
@@ -187,7 +187,7 @@ def pipeline_data(cfg:PipelineSettings, tokenizer, reward_tokenizer) -> dict:
         eval_prompts={chat(p): p for p in held_out[:cfg.eval_prompts]},
         counts=dict(train_split=len(hh["train"]), train_fit=len(train), test_split=len(hh["test"]), test_fit=len(test)))
 
-# %% ../nbs/09_pipeline.ipynb #b9222c35
+# %% ../nbs/09_pipeline.ipynb #2ea2bf0c
 def lora_targets_for(model, n_layers:int|None) -> list[str]:
     "q_proj and v_proj of the top `n_layers` decoder layers (None: all)."
     layers = decoder_layout(model)[0]
@@ -218,7 +218,7 @@ def save_adapter(policy, folder:Path, cfg:PipelineSettings):
         config["base_model_name_or_path"] = cfg.model or DEFAULT_MODEL
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
-# %% ../nbs/09_pipeline.ipynb #9d88fcf8
+# %% ../nbs/09_pipeline.ipynb #d3674280
 @torch.no_grad()
 def score_replies(model, tokenizer, hh_prompts:list[str], replies:list[str], ended:list[bool], batch_size:int=16) -> torch.Tensor:
     "A chapter-4 reward model's scores (float32, on the CPU) of replies to hh-rlhf prompts, in hh-rlhf's text format."
@@ -229,7 +229,7 @@ def score_replies(model, tokenizer, hh_prompts:list[str], replies:list[str], end
         out.append(reward_scores(model, enc["input_ids"], enc["attention_mask"]).float().cpu())
     return torch.cat(out)
 
-# %% ../nbs/09_pipeline.ipynb #aeea67fd
+# %% ../nbs/09_pipeline.ipynb #174e080c
 def _save_json(obj, path:Path):
     if PartialState().is_main_process: path.write_text(json.dumps(obj, indent=1, default=float))
 
@@ -245,7 +245,7 @@ def stage_sft(cfg, data, folder, out, device, tok, rtok) -> dict:
     return dict(rows=len(rows), dropped=len(data["sft"]) - len(rows), first_loss=history[0]["loss"],
                 last_loss=history[-1]["loss"])
 
-# %% ../nbs/09_pipeline.ipynb #39a8ebbb
+# %% ../nbs/09_pipeline.ipynb #7ade0aba
 def _train_scorer(cfg, feats, test_feats, pad_token, device):
     "A reward model trained on cached features, and its held-out accuracy with a 95 % interval."
     model, _ = load_reward_model(cfg.model, pad_token=pad_token, seed=cfg.seed, device=device)
@@ -281,7 +281,7 @@ def load_scorer(folder:Path, device):
     model = load_model(folder, kind="reward", device=device).requires_grad_(False)
     return model, load_tokenizer(folder, padding_side="right")
 
-# %% ../nbs/09_pipeline.ipynb #a6940c4a
+# %% ../nbs/09_pipeline.ipynb #832dce86
 def stage_ppo(cfg, data, folder, out, device, tok, rtok) -> dict:
     "PPO from the SFT policy against the reward model, with a KL penalty to the SFT policy."
     policy = load_policy(cfg, out / "sft", device)
@@ -305,7 +305,7 @@ def stage_dpo(cfg, data, folder, out, device, tok, rtok) -> dict:
     return dict(pairs=len(data["dpo"]), first_loss=history[0]["loss"], last_loss=history[-1]["loss"],
                 last_accuracy=history[-1]["rewards/accuracies"])
 
-# %% ../nbs/09_pipeline.ipynb #cb2227a5
+# %% ../nbs/09_pipeline.ipynb #f284dabf
 @torch.no_grad()
 def answer_prompts(policy, sft, tok, prompts:dict, cfg:PipelineSettings, scorers:dict, prompts_per_batch:int=16) -> list[dict]:
     "Sampled answers to `prompts` (chat text -> hh-rlhf text), each with every scorer's score, its KL to `sft` and its length."
@@ -330,7 +330,7 @@ def answer_prompts(policy, sft, tok, prompts:dict, cfg:PipelineSettings, scorers
                       kl=float(kl[i]), **{name: float(s[i]) for name, s in scores.items()}) for i, text in enumerate(texts)]
     return rows
 
-# %% ../nbs/09_pipeline.ipynb #0490ac29
+# %% ../nbs/09_pipeline.ipynb #35409149
 def _per_prompt(rows:list[dict], col:str) -> torch.Tensor:
     "The mean of `col` over each prompt's answers, in prompt order."
     n = max(r["prompt"] for r in rows) + 1
@@ -359,7 +359,7 @@ def policy_table(answers:dict, baseline:str="SFT") -> dict:
                            ended=_per_prompt(rows, "ended").mean().item(), sample=rows[0]["answer"])
     return table
 
-# %% ../nbs/09_pipeline.ipynb #c74e0c07
+# %% ../nbs/09_pipeline.ipynb #ad1a76ef
 def stage_report(cfg, data, folder, out, device, tok, rtok) -> dict:
     "Every policy's answers to the held-out prompts, scored; the table of `policy_table`. The main process does it alone."
     if not PartialState().is_main_process: return {}
@@ -373,7 +373,7 @@ def stage_report(cfg, data, folder, out, device, tok, rtok) -> dict:
     _save_json(dict(prompts=list(data["eval_prompts"].values()), answers=answers), folder / "answers.json")
     return dict(prompts=len(data["eval_prompts"]), policies=policy_table(answers))
 
-# %% ../nbs/09_pipeline.ipynb #352805aa
+# %% ../nbs/09_pipeline.ipynb #2c6f36b7
 SHARED = ("model", "seed", "bf16", "subsets", "test_size", "max_pair_tokens", "pairs", "judge_pairs", "test_pairs")
 STAGES = {  # name: (what it does, the settings it reads besides SHARED, the stages whose outputs it reads)
     "sft": ("SFT on the chosen replies (preferred-FT)", ("sft_", "lora_"), ()),
@@ -395,7 +395,7 @@ def stage_fingerprint(cfg:PipelineSettings, name:str, upstream:dict) -> str:
     blob = json.dumps(dict(stage=name, settings=settings, after={s: upstream[s] for s in STAGES[name][2]}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-# %% ../nbs/09_pipeline.ipynb #3821a49c
+# %% ../nbs/09_pipeline.ipynb #2da85702
 class PipelineError(RuntimeError):
     "A stage could not run: the message names the stage, the cause and what to do."
 
@@ -411,10 +411,11 @@ def _done(folder:Path) -> dict|None:
     try: return json.loads((folder / DONE).read_text())
     except (OSError, json.JSONDecodeError): return None
 
-# %% ../nbs/09_pipeline.ipynb #973d8d42
+# %% ../nbs/09_pipeline.ipynb #ca6597ee
 def run_pipeline(cfg:PipelineSettings, out, force:bool=False, preset:str|None=None, log=print) -> dict:
     "Run the stages that are not done (all with `force`) and write `report.md` and `metrics.json` into `out`; the metrics."
-    out, state, t_start = Path(out).expanduser(), PartialState(), time.perf_counter()
+    on_cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    out, state, t_start = Path(out).expanduser(), PartialState(cpu=on_cpu), time.perf_counter()   # cpu: gloo for many processes
     if out.exists() and not out.is_dir(): raise PipelineError(f"--out {out} is a file: pass a folder (it is created if missing)")
     main, device = state.is_main_process, cfg.device or str(state.device)
     say = log if main else (lambda *a, **k: None)
@@ -456,7 +457,7 @@ def run_pipeline(cfg:PipelineSettings, out, force:bool=False, preset:str|None=No
     state.wait_for_everyone()
     return json.loads((out / "metrics.json").read_text())
 
-# %% ../nbs/09_pipeline.ipynb #9885b9b2
+# %% ../nbs/09_pipeline.ipynb #b59fab04
 def _plots(out:Path, table:dict) -> list[str]:
     "training.png and reward_vs_kl.png in `out`; their names."
     from matplotlib.figure import Figure  # the object API: no pyplot, so no backend or global state is touched
@@ -490,7 +491,7 @@ def _plots(out:Path, table:dict) -> list[str]:
     fig.savefig(out / "reward_vs_kl.png", dpi=90)
     return ["training.png", "reward_vs_kl.png"]
 
-# %% ../nbs/09_pipeline.ipynb #953d5c13
+# %% ../nbs/09_pipeline.ipynb #ddb1f0c4
 def _cell(text:str, n:int=90) -> str:
     "One line of a markdown table cell, cut at `n` characters."
     text = " ".join(text.split()).replace("|", "\\|")
@@ -507,7 +508,7 @@ def policy_markdown(table:dict) -> str:
                      f"{win} | {r['kl']:.2f} | {r['tokens']:.1f} | {r['ended']:.0%} | {_cell(r['sample'])} |")
     return "\n".join(lines)
 
-# %% ../nbs/09_pipeline.ipynb #14b767c5
+# %% ../nbs/09_pipeline.ipynb #c41794e3
 def write_report(out:Path, ran:dict|None=None, seconds:float|None=None):
     "metrics.json, report.md and the plots, from what the stages left in `out` (`ran`: the stages this run ran)."
     out, ran = Path(out), ran or {}
@@ -543,7 +544,7 @@ def write_report(out:Path, ran:dict|None=None, seconds:float|None=None):
     lines += [""] + [f"![{p}]({p})" for p in plots] + ["", "## Settings", "", "```json", json.dumps(run["settings"], indent=1), "```"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
-# %% ../nbs/09_pipeline.ipynb #8338c22b
+# %% ../nbs/09_pipeline.ipynb #7405036c
 class StreamTo(TextStreamer):
     "transformers' `TextStreamer`, writing to `stream` (a file) instead of printing."
     def __init__(self, tokenizer, stream):
@@ -563,7 +564,7 @@ def adapter_base(adapter) -> str|None:
     base = json.loads(path.read_text()).get("base_model_name_or_path")
     return None if base in (None, DEFAULT_MODEL) else base
 
-# %% ../nbs/09_pipeline.ipynb #52a18c6c
+# %% ../nbs/09_pipeline.ipynb #c0c23dd2
 def chat(adapter=None, model=None, system:str|None=None, temperature:float=0.7, top_p:float=0.9, top_k:int=50,
          repetition_penalty:float=1.0, max_new_tokens:int=256, greedy:bool=False, seed:int|None=None,
          stdin=None, stdout=None) -> list[dict]:
@@ -594,7 +595,7 @@ def chat(adapter=None, model=None, system:str|None=None, temperature:float=0.7, 
         messages.append({"role": "assistant", "content": tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()})
     return messages
 
-# %% ../nbs/09_pipeline.ipynb #0cf5964f
+# %% ../nbs/09_pipeline.ipynb #6795cbe4
 def _setting(text:str) -> tuple[str, object]:
     "NAME=VALUE from the command line, the value read as JSON when it parses (20, 0.1, null, true), else as text."
     name, sep, value = text.partition("=")

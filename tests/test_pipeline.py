@@ -137,7 +137,7 @@ def test_a_stage_failing_halfway_keeps_the_others(tmp_path, monkeypatch):
         (folder / "half-written.bin").write_bytes(b"x")
         raise RuntimeError("out of memory (simulated)")
     monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "ppo", failing_ppo)
-    with pytest.raises(PipelineError, match=r"stage 'ppo' failed after .*RuntimeError: out of memory.*Kept: sft, reward \("):
+    with pytest.raises(PipelineError, match=r"(?s)stage 'ppo' failed after .*RuntimeError: out of memory.*Kept: sft, reward \("):
         run_pipeline(settings_for("tiny"), out, **QUIET)
     assert (out / "sft" / "done.json").exists() and (out / "reward" / "done.json").exists()
     assert not (out / "ppo").exists() and "out of memory" in (out / "error.log").read_text()
@@ -161,7 +161,7 @@ def test_bad_input_gets_a_message_that_names_the_fix(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     monkeypatch.setenv("ALIGNBOOK_DATA", str(tmp_path / "data"))     # a data directory without hh-rlhf
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(PipelineError, match=r"stage 'data' failed.*set ALIGNBOOK_DATA to a folder that holds "
+    with pytest.raises(PipelineError, match=r"(?s)stage 'data' failed.*set ALIGNBOOK_DATA to a folder that holds "
                                             r"hh_rlhf_test/helpful-base.test.jsonl.gz"):
         run_pipeline(settings_for("tiny"), tmp_path / "out3", **QUIET)
 

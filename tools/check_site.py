@@ -1,6 +1,8 @@
 """Check what can be checked of the site here, where Quarto cannot be installed (the deploy workflow installs it):
 nbdev's processing of every notebook succeeds, every notebook is in the sidebar, and each processed notebook, rendered to
 HTML by nbconvert, holds its figures and its equations. `python tools/check_site.py` prints a table; tests/test_site.py runs it."""
+import html as html_text
+import json
 import re
 import subprocess
 import sys
@@ -28,6 +30,14 @@ def process_notebooks() -> str:
         raise RuntimeError(f"nbdev-proc-nbs failed (exit {r.returncode}):\n{log[-4000:]}")
     return log
 
+def _read(path:Path):
+    "A notebook, without what nbdev's processing adds to cells and nbformat's schema refuses (`has_sd`, timings)."
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        cell.pop("has_sd", None)
+        cell.get("metadata", {}).pop("execution", None)   # its timing record: a number where the schema wants text
+    return nbformat.reads(json.dumps(nb), as_version=4)   # joins the cells' line lists
+
 def _images(nb) -> int:
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
@@ -40,14 +50,16 @@ def _equations(nb) -> list[str]:
 def check_page(name:str) -> dict:
     "Figures and equations of one page: in the source notebook, in the processed one, and in its HTML."
     from nbconvert import HTMLExporter
-    source, processed = nbformat.read(NBS / name, 4), nbformat.read(PROC / name, 4)
+    source, processed = _read(NBS / name), _read(PROC / name)
     html, _ = HTMLExporter().from_notebook_node(processed)
     equations = [a or b for a, b in _equations(source)]
-    lost = [e for e in equations if e.strip()[:25] not in html]         # MathJax renders the TeX kept in the page
-    return dict(page=name, figures=_images(source), processed_figures=_images(processed),
-                html_figures=html.count("data:image/png;base64"), equations=len(equations), equations_lost=len(lost),
-                mathjax="mathjax" in html.lower(), ok=_images(source) == _images(processed) <= html.count("data:image/png;base64")
-                and not lost and (not equations or "mathjax" in html.lower()))
+    text = html_text.unescape(html)                                       # the browser's text, which MathJax reads
+    lost = [e for e in equations if e.strip()[:25] not in text]          # MathJax renders the TeX kept in the page
+    empty, _ = HTMLExporter().from_notebook_node(nbformat.v4.new_notebook())   # the page template's own images (an icon)
+    figures = html.count("data:image/png;base64") - empty.count("data:image/png;base64")
+    return dict(page=name, figures=_images(source), processed_figures=_images(processed), html_figures=figures,
+                equations=len(equations), equations_lost=len(lost), mathjax="mathjax" in html.lower(),
+                ok=_images(source) == _images(processed) == figures and not lost and (not equations or "mathjax" in html.lower()))
 
 def check_site() -> list[dict]:
     "Every check; raises with the reasons when one fails."
