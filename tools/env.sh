@@ -8,7 +8,7 @@ ALIGNBOOK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 
 _ready() {   # does this Python have alignbook from this checkout, its dev tools and the offline model's wheel?
-  "$1" - "$ALIGNBOOK_ROOT" <<'PY' 2>/dev/null
+  (cd / && "$1" - "$ALIGNBOOK_ROOT" <<'PY' 2>/dev/null)   # from /: the checkout's own folder must not shadow what is installed
 import importlib.util, sys
 from pathlib import Path
 import alignbook
