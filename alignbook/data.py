@@ -65,7 +65,7 @@ SOURCES = {
     "gsm8k": DataSource("gsm8k", {"train": "train.jsonl.gz", "test": "test.jsonl.gz"}, "openai/gsm8k",
         "grade-school math with a checkable final answer"),
     "synthetic-pairwise": DataSource(None, {}, "Dahoas/synthetic-instruct-gptj-pairwise",
-        "prompt/chosen/rejected pairs; chosen written by GPT-J, rejected by a weaker model (hub only)"),
+        "prompt/chosen/rejected pairs of synthetic instructions (hub only; its card says how the replies were made)"),
 }
 
 # %% ../nbs/00b_data.ipynb #cbaa4021
