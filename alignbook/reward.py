@@ -8,7 +8,7 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 __all__ = ['REWARD_RECIPE', 'simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss',
            'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'pair_ids', 'tokenize_pairs',
            'collate_pairs', 'win_rate', 'cache_features', 'scores_from_features', 'RewardSettings', 'pair_scores',
-           'train_reward', 'course_reward_model']
+           'train_reward', 'course_reward_model', 'pair_outcomes', 'paired_accuracy']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
 import hashlib
@@ -337,3 +337,18 @@ def course_reward_model(first_pair:int=0, # where its pairs start in the shuffle
         (tmp / CACHE_MARK).write_text(json.dumps(report))   # written last: the folder is complete
         tmp.rename(folder)
     return model, tok, report
+
+# %% ../nbs/04_reward_modeling.ipynb #fd635483
+def pair_outcomes(chosen:torch.Tensor, rejected:torch.Tensor) -> torch.Tensor:
+    "Per pair: 1 where chosen scores higher, ½ on a tie, 0 otherwise (the terms `win_rate` averages)."
+    return (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
+
+def paired_accuracy(a:torch.Tensor, b:torch.Tensor, z:float=1.96) -> dict:
+    "Judges a and b on the same pairs (`pair_outcomes`): accuracy difference a - b, its 95 % half-width, the exact sign test."
+    if a.shape != b.shape: raise ValueError(f"paired outcomes must match pair for pair, got {tuple(a.shape)} and {tuple(b.shape)}")
+    d = (a - b).double()
+    a_better, b_better = int((d > 0).sum()), int((d < 0).sum())
+    n, k = a_better + b_better, min(a_better, b_better)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0   # two-sided, fair coin
+    return dict(difference=d.mean().item(), half_width=z * d.std().item() / math.sqrt(len(d)), a_better=a_better,
+                b_better=b_better, p_value=p)

@@ -205,7 +205,8 @@ def test_two_processes(tiny_run, tmp_path):
                         "--preset", "tiny", "--out", str(out)], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("report: ") == 1                  # the main process reports; the other one waited for it
+    assert [line for line in r.stdout.splitlines() if line.startswith("report: ")] == [f"report: {out / 'report.md'}"]
+    assert r.stdout.count("[5/5] report: base") == 1        # the main process logs and reports; the other one waited
     assert [row[0] for row in _table((out / "report.md").read_text())] == POLICIES
     for stage in ("sft", "dpo"):                            # both processes trained: each step saw twice the rows
         two = json.loads((out / stage / "history.json").read_text())

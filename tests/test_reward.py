@@ -110,3 +110,19 @@ def test_bad_input():
         check_reward_model(load_model(TINY, kind="reward", num_labels=3))
     with pytest.raises(ValueError, match="not in the vocabulary"):
         load_reward_model(TINY, pad_token="<|no such token|>")
+
+
+def test_paired_accuracy_sign_test_equals_scipy_binomtest():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from alignbook.reward import pair_outcomes, paired_accuracy
+    g = torch.Generator().manual_seed(0)
+    for n, p_a, p_b in [(50, 0.7, 0.6), (152, 0.7, 0.66), (400, 0.55, 0.55)]:
+        a = pair_outcomes(p_a - torch.rand(n, generator=g), torch.zeros(n))   # right with probability p_a
+        b = pair_outcomes(p_b - torch.rand(n, generator=g), torch.zeros(n))
+        r = paired_accuracy(a, b)
+        k, m = r["a_better"], r["a_better"] + r["b_better"]
+        assert r["p_value"] == pytest.approx(scipy_stats.binomtest(k, m, 0.5).pvalue, rel=1e-9)
+        d = (a - b).numpy()
+        assert r["difference"] == pytest.approx(d.mean()) and r["half_width"] == pytest.approx(1.96 * d.std(ddof=1) / n ** 0.5)
+    ties = paired_accuracy(torch.tensor([0.5, 1.0, 1.0]), torch.tensor([0.0, 0.5, 1.0]))
+    assert (ties["a_better"], ties["b_better"]) == (2, 0)    # a half point counts as a direction, as in win_rate
