@@ -102,7 +102,7 @@ PRESETS = {
                   sft_steps=12, rm_steps=60, ppo_steps=6, dpo_steps=12),   # a laptop: < 10 min on 2 CPU cores
     "course": dict(),                                                        # chapters 3-8's settings
     "gpu": dict(subsets="helpful-base,helpful-online,helpful-rejection-sampled", max_pair_tokens=512, pairs=3000,
-                judge_pairs=1500, test_pairs=600, eval_prompts=128, max_new_tokens=128, lora_layers=None, lora_r=16,
+                judge_pairs=1200, test_pairs=600, eval_prompts=128, max_new_tokens=128, lora_layers=None, lora_r=16,
                 sft_steps=400, sft_batch=16, sft_max_length=768, sft_lr=5e-4, rm_layers=4, rm_steps=600, rm_batch=32,
                 ppo_steps=150, ppo_prompts=32, ppo_samples=4, ppo_lr=1e-3, dpo_steps=400, dpo_batch=16, dpo_lr=5e-4,
                 dpo_max_length=768, bf16=True),                              # one GPU: longer replies, more of everything

@@ -214,3 +214,15 @@ def test_two_processes(tiny_run, tmp_path):
         assert [r["epoch"] for r in two] == [2 * r["epoch"] for r in one]
     for stage in ("sft", "ppo", "dpo"):
         PeftModel.from_pretrained(load_model(TINY, device="cpu"), out / stage)
+
+
+@pytest.mark.parametrize("preset", ["quick", "course", "gpu"])
+def test_presets_have_the_data_they_ask_for(preset):
+    from alignbook.pipeline import pipeline_data, pipeline_tokenizers, trainer_settings
+    cfg = settings_for(preset)
+    trainer_settings(cfg)                                   # every trainer accepts the preset's settings
+    tok, rtok = pipeline_tokenizers(cfg.model)
+    data = pipeline_data(cfg, tok, rtok)                    # enough pairs fit max_pair_tokens in the held-in split
+    assert (len(data["pairs"]), len(data["judge_pairs"]), len(data["eval_prompts"])) == (cfg.pairs, cfg.judge_pairs,
+                                                                                          cfg.eval_prompts)
+    assert cfg.test_pairs is None or len(data["test_pairs"]) == cfg.test_pairs
