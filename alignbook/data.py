@@ -25,76 +25,131 @@ from datasets import Dataset, DatasetDict
 # %% ../nbs/00b_data.ipynb #457b6d46
 DATA_ENV = "ALIGNBOOK_DATA"  # environment variable naming the local data directory
 
-def data_dir() -> Path|None:
+
+def data_dir() -> Path | None:
     "The local data directory: `$ALIGNBOOK_DATA`, else a `shared/data` folder above the working directory, else None."
     if env := os.environ.get(DATA_ENV):
         path = Path(env).expanduser()
-        if not path.is_dir(): raise FileNotFoundError(f"{DATA_ENV}={env!r} is not a directory")
+        if not path.is_dir():
+            raise FileNotFoundError(f"{DATA_ENV}={env!r} is not a directory")
         return path.resolve()
-    return next((d / "shared" / "data" for d in [Path.cwd(), *Path.cwd().parents] if (d / "shared" / "data").is_dir()), None)
+    return next(
+        (d / "shared" / "data" for d in [Path.cwd(), *Path.cwd().parents] if (d / "shared" / "data").is_dir()), None
+    )
 
 # %% ../nbs/00b_data.ipynb #d5e5f823
 @dataclass
 class DataSource:
     "Where one dataset lives: a folder of the data directory, its files by subset or split, and its hub name."
-    folder: str|None  # folder under the data directory (None: hub only)
-    files: dict = field(default_factory=dict)  # subset or split -> file name
-    hub: str|None = None  # Hugging Face hub id, used when there is no local copy
-    note: str = ""  # one line on what it is for
-    hub_files: dict = field(default_factory=dict)  # subset or split -> its file in the hub repository (plain JSON files)
-    urls: dict = field(default_factory=dict)  # subset or split -> the original file's URL, pinned to a commit (on no hub)
 
-ALPACA_EVAL = "https://raw.githubusercontent.com/tatsu-lab/alpaca_eval/cd543a149df89434d8a54582c0151c0b945c3d20"  # SOURCE.md's
+    folder: str | None  # folder under the data directory (None: hub only)
+    files: dict = field(default_factory=dict)  # subset or split -> file name
+    hub: str | None = None  # Hugging Face hub id, used when there is no local copy
+    note: str = ""  # one line on what it is for
+    hub_files: dict = field(
+        default_factory=dict
+    )  # subset or split -> its file in the hub repository (plain JSON files)
+    urls: dict = field(
+        default_factory=dict
+    )  # subset or split -> the original file's URL, pinned to a commit (on no hub)
+
+
+ALPACA_EVAL = (
+    "https://raw.githubusercontent.com/tatsu-lab/alpaca_eval/cd543a149df89434d8a54582c0151c0b945c3d20"  # SOURCE.md's
+)
 
 SOURCES = {
-    "hh-rlhf": DataSource("hh_rlhf_test", {s: f"{s}.test.jsonl.gz" for s in
-        ["helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled"]}, "Anthropic/hh-rlhf",
-        "human preferences between two assistant replies (test splits)"),
-    "alpaca-cleaned": DataSource("alpaca_cleaned_5k", {"train": "alpaca_cleaned_first5k.json.gz"}, "yahma/alpaca-cleaned",
-        "instruction tuning, first 5,000 rows of Alpaca-cleaned"),
-    "alpaca-demo": DataSource("llamafactory_demo", {"train": "alpaca_en_demo.json"}, "llamafactory/demo_data",
-        "instruction tuning, ~1k rows", hub_files={"train": "alpaca_en_demo.json"}),
-    "dpo-demo": DataSource("llamafactory_demo", {"train": "dpo_en_demo.json"}, "llamafactory/demo_data",
-        "multi-turn chat preference pairs", hub_files={"train": "dpo_en_demo.json"}),
-    "alpaca-eval-prefs": DataSource("alpaca_eval_gpt4_prefs", {
-        "ppo-human": "alpaca-farm-ppo-human_vs_text_davinci_003.annotations.json.gz",
-        "oasst-rlhf": "oasst-rlhf-llama-33b_vs_text_davinci_003.annotations.json.gz"}, None,
-        "GPT-4-judged preferences on the 805 AlpacaEval prompts", urls={
+    "hh-rlhf": DataSource(
+        "hh_rlhf_test",
+        {
+            s: f"{s}.test.jsonl.gz"
+            for s in ["helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled"]
+        },
+        "Anthropic/hh-rlhf",
+        "human preferences between two assistant replies (test splits)",
+    ),
+    "alpaca-cleaned": DataSource(
+        "alpaca_cleaned_5k",
+        {"train": "alpaca_cleaned_first5k.json.gz"},
+        "yahma/alpaca-cleaned",
+        "instruction tuning, first 5,000 rows of Alpaca-cleaned",
+    ),
+    "alpaca-demo": DataSource(
+        "llamafactory_demo",
+        {"train": "alpaca_en_demo.json"},
+        "llamafactory/demo_data",
+        "instruction tuning, ~1k rows",
+        hub_files={"train": "alpaca_en_demo.json"},
+    ),
+    "dpo-demo": DataSource(
+        "llamafactory_demo",
+        {"train": "dpo_en_demo.json"},
+        "llamafactory/demo_data",
+        "multi-turn chat preference pairs",
+        hub_files={"train": "dpo_en_demo.json"},
+    ),
+    "alpaca-eval-prefs": DataSource(
+        "alpaca_eval_gpt4_prefs",
+        {
+            "ppo-human": "alpaca-farm-ppo-human_vs_text_davinci_003.annotations.json.gz",
+            "oasst-rlhf": "oasst-rlhf-llama-33b_vs_text_davinci_003.annotations.json.gz",
+        },
+        None,
+        "GPT-4-judged preferences on the 805 AlpacaEval prompts",
+        urls={
             k: f"{ALPACA_EVAL}/results/{m}/alpaca_eval_gpt4/annotations.json"
-            for k, m in [("ppo-human", "alpaca-farm-ppo-human"), ("oasst-rlhf", "oasst-rlhf-llama-33b")]}),
-    "gsm8k": DataSource("gsm8k", {"train": "train.jsonl.gz", "test": "test.jsonl.gz"}, "openai/gsm8k",
-        "grade-school math with a checkable final answer"),
-    "synthetic-pairwise": DataSource(None, {}, "Dahoas/synthetic-instruct-gptj-pairwise",
-        "prompt/chosen/rejected pairs of synthetic instructions (hub only; its card says how the replies were made)"),
+            for k, m in [("ppo-human", "alpaca-farm-ppo-human"), ("oasst-rlhf", "oasst-rlhf-llama-33b")]
+        },
+    ),
+    "gsm8k": DataSource(
+        "gsm8k",
+        {"train": "train.jsonl.gz", "test": "test.jsonl.gz"},
+        "openai/gsm8k",
+        "grade-school math with a checkable final answer",
+    ),
+    "synthetic-pairwise": DataSource(
+        None,
+        {},
+        "Dahoas/synthetic-instruct-gptj-pairwise",
+        "prompt/chosen/rejected pairs of synthetic instructions (hub only; its card says how the replies were made)",
+    ),
 }
 
 # %% ../nbs/00b_data.ipynb #cbaa4021
-def _source_file(name:str, key:str|None=None) -> Path|None:
+def _source_file(name: str, key: str | None = None) -> Path | None:
     "Local path of `name`'s file `key` (default: its first), or None when the data directory has no copy of it."
-    if name not in SOURCES: raise KeyError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}")
+    if name not in SOURCES:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}")
     src, root = SOURCES[name], data_dir()
     key = key or next(iter(src.files), None)
-    if src.files and key not in src.files: raise KeyError(f"{name!r} has no subset/split {key!r}; it has {list(src.files)}")
-    if root is None or src.folder is None: return None
+    if src.files and key not in src.files:
+        raise KeyError(f"{name!r} has no subset/split {key!r}; it has {list(src.files)}")
+    if root is None or src.folder is None:
+        return None
     path = root / src.folder / src.files[key]
     return path if path.exists() else None
 
-def source_info(name:str) -> str:
+
+def source_info(name: str) -> str:
     "The license paragraph of `name`'s SOURCE.md (or its hub id when there is no local copy)."
     f = _source_file(name)
-    if f is None or not (f.parent / "SOURCE.md").exists(): return f"{name}: hub dataset {SOURCES[name].hub}; see its card."
+    if f is None or not (f.parent / "SOURCE.md").exists():
+        return f"{name}: hub dataset {SOURCES[name].hub}; see its card."
     text = (f.parent / "SOURCE.md").read_text()
     m = re.search(r"^(?:## )?License:?\s*(.*?)(?=\n\s*\n|\n#|\Z)", text, re.S | re.M)
     return f"{name} ({f.parent.name}): " + " ".join((m.group(1) if m else "see SOURCE.md").split())
 
 # %% ../nbs/00b_data.ipynb #1e3d40ef
-def read_rows(path:Path|str) -> list[dict]:
-    "Rows of a `.json`/`.jsonl` file, gzipped or not; a damaged file or one that is not a list of rows is an error naming it."
+def read_rows(path: Path | str) -> list[dict]:
+    """Rows of a `.json`/`.jsonl` file, gzipped or not; a damaged file or one that is not a list of rows is an error
+    naming it."""
     path = Path(path)
     try:
-        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
-            if path.name.removesuffix(".gz").endswith(".json"): rows = json.load(f)
-            else: rows = [json.loads(line) for line in f if line.strip()]
+        with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as f:
+            if path.name.removesuffix(".gz").endswith(".json"):
+                rows = json.load(f)
+            else:
+                rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read it ({type(e).__name__}: {e}); the file is damaged, replace it") from e
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -102,85 +157,123 @@ def read_rows(path:Path|str) -> list[dict]:
     return rows
 
 # %% ../nbs/00b_data.ipynb #b23e546d
-def _problem(row:dict, fields:list[str], distinct:tuple|None=None, may_be_empty:tuple=()) -> str|None:
+def _problem(row: dict, fields: list[str], distinct: tuple | None = None, may_be_empty: tuple = ()) -> str | None:
     "Why `row` is unusable, or None when it is fine."
     for f in fields:
         v = row.get(f)
-        if v is None: return f"missing {f}"
-        if not isinstance(v, (str, list)):   # text, or a conversation (a list of messages)
+        if v is None:
+            return f"missing {f}"
+        if not isinstance(v, (str, list)):  # text, or a conversation (a list of messages)
             raise TypeError(f"field {f!r} is a {type(v).__name__} ({v!r:.40}), expected text")
-        if f not in may_be_empty and (not v.strip() if isinstance(v, str) else len(v) == 0): return f"empty {f}"
-    if distinct and row[distinct[0]] == row[distinct[1]]: return f"{distinct[0]} == {distinct[1]}"
+        if f not in may_be_empty and (not v.strip() if isinstance(v, str) else len(v) == 0):
+            return f"empty {f}"
+    if distinct and row[distinct[0]] == row[distinct[1]]:
+        return f"{distinct[0]} == {distinct[1]}"
     return None
 
-def clean_rows(rows:list[dict], fields:list[str], distinct:tuple|None=None, may_be_empty:tuple=()) -> tuple[list[dict], Counter]:
+
+def clean_rows(
+    rows: list[dict], fields: list[str], distinct: tuple | None = None, may_be_empty: tuple = ()
+) -> tuple[list[dict], Counter]:
     "Keep the rows that have every field non-empty (and `distinct` fields different); count the dropped ones by reason."
     kept, dropped = [], Counter()
     for i, r in enumerate(rows):
-        try: why = _problem(r, fields, distinct, may_be_empty)
-        except TypeError as e: raise TypeError(f"row {i}: {e}") from None
-        if why: dropped[why] += 1
-        else: kept.append({f: r[f] for f in fields})
+        try:
+            why = _problem(r, fields, distinct, may_be_empty)
+        except TypeError as e:
+            raise TypeError(f"row {i}: {e}") from None
+        if why:
+            dropped[why] += 1
+        else:
+            kept.append({f: r[f] for f in fields})
     return kept, dropped
 
-def _to_dataset(name:str, rows:list[dict], fields:list[str], distinct:tuple|None=None, may_be_empty:tuple=(),
-                dropped_before:Counter|None=None) -> Dataset:
-    "Clean `rows` into a Dataset and warn with the count of every dropped row (`dropped_before`: rows already set aside)."
-    try: kept, dropped = clean_rows(rows, fields, distinct, may_be_empty)
-    except TypeError as e: raise TypeError(f"{name}: {e}") from None
+
+def _to_dataset(
+    name: str,
+    rows: list[dict],
+    fields: list[str],
+    distinct: tuple | None = None,
+    may_be_empty: tuple = (),
+    dropped_before: Counter | None = None,
+) -> Dataset:
+    """Clean `rows` into a Dataset and warn with the count of every dropped row (`dropped_before`: rows already set
+    aside)."""
+    try:
+        kept, dropped = clean_rows(rows, fields, distinct, may_be_empty)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None
     dropped += dropped_before or Counter()
-    if dropped: warnings.warn(f"{name}: dropped {dropped.total()} of {len(rows) + (dropped_before or Counter()).total()} "
-                              "rows: " + ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=3)
+    if dropped:
+        warnings.warn(
+            f"{name}: dropped {dropped.total()} of {len(rows) + (dropped_before or Counter()).total()} "
+            "rows: " + ", ".join(f"{n} {why}" for why, n in dropped.most_common()),
+            stacklevel=3,
+        )
     return Dataset.from_list(kept)
 
 # %% ../nbs/00b_data.ipynb #65b76eb9
 ASSISTANT = "\n\nAssistant:"
 
-def split_dialogue(chosen:str, rejected:str) -> dict|None:
+
+def split_dialogue(chosen: str, rejected: str) -> dict | None:
     "Split two dialogues that differ only in their final Assistant turn into prompt, chosen and rejected."
     n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
     cut = chosen.rfind(ASSISTANT, 0, n)
-    if cut < 0: return None
+    if cut < 0:
+        return None
     end = cut + len(ASSISTANT)
     return dict(prompt=chosen[:end], chosen=chosen[end:], rejected=rejected[end:])
 
 # %% ../nbs/00b_data.ipynb #3e7339d1
-def _download(url:str, dataset:str) -> Path:
+def _download(url: str, dataset: str) -> Path:
     "The file at `url`, downloaded once into `$ALIGNBOOK_CACHE/data/` (written aside, then renamed into place)."
     from urllib.request import urlopen
 
     from alignbook.models import cache_dir
+
     dest = cache_dir() / "data" / f"{dataset}-{hashlib.sha256(url.encode()).hexdigest()[:12]}-{url.rsplit('/', 1)[-1]}"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
-        with urlopen(url, timeout=60) as r: tmp.write_bytes(r.read())
+        with urlopen(url, timeout=60) as r:
+            tmp.write_bytes(r.read())
         tmp.rename(dest)
     return dest
 
-def _hub_rows(dataset:str, key:str|None=None, **kwargs) -> list[dict]:
-    "Rows of `dataset`'s file `key` from its remote copy (a pinned URL, files of a hub repository, or a hub dataset, `kwargs` for `load_dataset`), with a clear error when it cannot be reached."
+
+def _hub_rows(dataset: str, key: str | None = None, **kwargs) -> list[dict]:
+    """Rows of `dataset`'s file `key` from its remote copy (a pinned URL, files of a hub repository, or a hub dataset,
+    `kwargs` for `load_dataset`), with a clear error when it cannot be reached."""
     src = SOURCES[dataset]
     key = key or next(iter(src.files), None)
     local = f"{src.folder}/{src.files[key]}" if src.folder and key in src.files else dataset
     where = src.urls.get(key) or src.hub
     if where is None:
-        raise FileNotFoundError(f"{dataset!r} has no local copy (data dir: {data_dir()}) and no hub name. "
-                                f"Set {DATA_ENV} to the folder that holds {local}.")
+        raise FileNotFoundError(
+            f"{dataset!r} has no local copy (data dir: {data_dir()}) and no hub name. "
+            f"Set {DATA_ENV} to the folder that holds {local}."
+        )
     try:
-        if key in src.urls: return read_rows(_download(src.urls[key], dataset))
+        if key in src.urls:
+            return read_rows(_download(src.urls[key], dataset))
         from datasets import load_dataset
-        if key in src.hub_files: return list(load_dataset(src.hub, data_files=src.hub_files[key], split="train"))
+
+        if key in src.hub_files:
+            return list(load_dataset(src.hub, data_files=src.hub_files[key], split="train"))
         return list(load_dataset(src.hub, **kwargs))
     except Exception as e:
-        raise FileNotFoundError(f"{dataset!r}: no local copy (data dir: {data_dir()}) and the remote copy {where!r} could "
-                                f"not be loaded ({type(e).__name__}). Offline, set {DATA_ENV} to a folder that holds "
-                                f"{local}.") from e
+        raise FileNotFoundError(
+            f"{dataset!r}: no local copy (data dir: {data_dir()}) and the remote copy {where!r} could "
+            f"not be loaded ({type(e).__name__}). Offline, set {DATA_ENV} to a folder that holds "
+            f"{local}."
+        ) from e
 
 # %% ../nbs/00b_data.ipynb #7fcda6a7
-def load_hh_rlhf(subsets:str|list[str]="helpful-base", # one or more of SOURCES['hh-rlhf'].files
-                 split:str="test", # the local copy has the test splits only
-                ) -> Dataset:
+def load_hh_rlhf(
+    subsets: str | list[str] = "helpful-base",  # one or more of SOURCES['hh-rlhf'].files
+    split: str = "test",  # the local copy has the test splits only
+) -> Dataset:
     "Anthropic HH-RLHF as prompt/chosen/rejected text, bad rows dropped and counted."
     subsets, rows = [subsets] if isinstance(subsets, str) else list(subsets), []
     for s in subsets:
@@ -188,45 +281,70 @@ def load_hh_rlhf(subsets:str|list[str]="helpful-base", # one or more of SOURCES[
         raw = read_rows(f) if f is not None and split == "test" else _hub_rows("hh-rlhf", s, data_dir=s, split=split)
         rows += [split_dialogue(r.get("chosen") or "", r.get("rejected") or "") for r in raw]
     unsplit = Counter({"without a shared prompt": sum(r is None for r in rows)})
-    return _to_dataset(f"hh-rlhf {'+'.join(subsets)}", [r for r in rows if r is not None],
-                       ["prompt", "chosen", "rejected"], ("chosen", "rejected"), dropped_before=+unsplit)
+    return _to_dataset(
+        f"hh-rlhf {'+'.join(subsets)}",
+        [r for r in rows if r is not None],
+        ["prompt", "chosen", "rejected"],
+        ("chosen", "rejected"),
+        dropped_before=+unsplit,
+    )
 
 # %% ../nbs/00b_data.ipynb #8419c4ef
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
-def _message(turn:dict) -> dict: return {"role": ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
 
-def _winner(preference) -> int|None:
+def _message(turn: dict) -> dict:
+    return {"role": ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
+
+
+def _winner(preference) -> int | None:
     "AlpacaEval's preference in [1, 2] (an average of judges): below 1.5 output_1 wins, above output_2, 1.5 is a tie."
-    try: p = float(preference)
-    except (TypeError, ValueError): return None
+    try:
+        p = float(preference)
+    except (TypeError, ValueError):
+        return None
     return None if not 1 <= p <= 2 or p == 1.5 else 1 if p < 1.5 else 2
 
-def load_preferences(name:str="hh-rlhf", # a preference dataset of SOURCES
-                     subset:str|None=None, # subset or split (default: the first)
-                     rows:list[dict]|None=None, # rows already in hand (tests, or your own data) instead of reading
-                    ) -> Dataset:
-    "A preference dataset as prompt/chosen/rejected (text, or conversational for 'dpo-demo'), bad rows dropped and counted."
-    if name == "hh-rlhf": return load_hh_rlhf(subset or "helpful-base")
+
+def load_preferences(
+    name: str = "hh-rlhf",  # a preference dataset of SOURCES
+    subset: str | None = None,  # subset or split (default: the first)
+    rows: list[dict] | None = None,  # rows already in hand (tests, or your own data) instead of reading
+) -> Dataset:
+    """A preference dataset as prompt/chosen/rejected (text, or conversational for 'dpo-demo'), bad rows dropped and
+    counted."""
+    if name == "hh-rlhf":
+        return load_hh_rlhf(subset or "helpful-base")
     ties = Counter()
     if rows is None:
         f = _source_file(name, subset)
         rows = read_rows(f) if f is not None else _hub_rows(name, subset, split=subset or "train")
     if name == "dpo-demo":
-        rows = [dict(prompt=[_message(t) for t in r["conversations"]], chosen=[_message(r["chosen"])],
-                     rejected=[_message(r["rejected"])]) for r in rows]
+        rows = [
+            dict(
+                prompt=[_message(t) for t in r["conversations"]],
+                chosen=[_message(r["chosen"])],
+                rejected=[_message(r["rejected"])],
+            )
+            for r in rows
+        ]
     elif name == "alpaca-eval-prefs":
-        pref = [_winner(r.get("preference")) for r in rows]   # 1, 2, or None for a tie
+        pref = [_winner(r.get("preference")) for r in rows]  # 1, 2, or None for a tie
         ties["ties (no preference)"] = sum(p is None for p in pref)
-        rows = [dict(prompt=r["instruction"], chosen=r[f"output_{p}"], rejected=r[f"output_{3-int(p)}"])
-                for r, p in zip(rows, pref) if p is not None]
-    elif name != "synthetic-pairwise": raise ValueError(f"{name!r} is not a preference dataset")
+        rows = [
+            dict(prompt=r["instruction"], chosen=r[f"output_{p}"], rejected=r[f"output_{3 - int(p)}"])
+            for r, p in zip(rows, pref)
+            if p is not None
+        ]
+    elif name != "synthetic-pairwise":
+        raise ValueError(f"{name!r} is not a preference dataset")
     return _to_dataset(name, rows, ["prompt", "chosen", "rejected"], ("chosen", "rejected"), dropped_before=+ties)
 
 # %% ../nbs/00b_data.ipynb #3117d875
-def load_instructions(name:str="alpaca-cleaned", # 'alpaca-cleaned' (5,000 rows) or 'alpaca-demo' (999 rows)
-                      rows:list[dict]|None=None, # rows already in hand instead of reading
-                     ) -> Dataset:
+def load_instructions(
+    name: str = "alpaca-cleaned",  # 'alpaca-cleaned' (5,000 rows) or 'alpaca-demo' (999 rows)
+    rows: list[dict] | None = None,  # rows already in hand instead of reading
+) -> Dataset:
     "Alpaca-format instruction data (instruction, input, output), bad rows dropped and counted."
     if rows is None:
         f = _source_file(name)
@@ -235,12 +353,13 @@ def load_instructions(name:str="alpaca-cleaned", # 'alpaca-cleaned' (5,000 rows)
     return _to_dataset(name, rows, ["instruction", "input", "output"], may_be_empty=("input",))
 
 # %% ../nbs/00b_data.ipynb #44ab1ae3
-def final_answer(solution:str) -> str|None:
+def final_answer(solution: str) -> str | None:
     "The number after `####` in a GSM8K solution, without thousands separators."
     m = re.search(r"####\s*(-?[\d,\.]+)", solution)
     return m.group(1).replace(",", "").rstrip(".") if m else None
 
-def load_gsm8k(split:str="train") -> Dataset:
+
+def load_gsm8k(split: str = "train") -> Dataset:
     "GSM8K as question, answer (the worked solution) and final_answer."
     f = _source_file("gsm8k", split)
     rows = read_rows(f) if f is not None else _hub_rows("gsm8k", split, name="main", split=split)
@@ -248,12 +367,16 @@ def load_gsm8k(split:str="train") -> Dataset:
     return _to_dataset(f"gsm8k {split}", rows, ["question", "answer", "final_answer"])
 
 # %% ../nbs/00b_data.ipynb #8f878519
-def _key_text(v) -> str: return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+def _key_text(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
 
-def split_by_key(ds:Dataset, test_size:float=0.1, key:str="prompt", salt:str="alignbook") -> DatasetDict:
+
+def split_by_key(ds: Dataset, test_size: float = 0.1, key: str = "prompt", salt: str = "alignbook") -> DatasetDict:
     "Deterministic train/test split by a hash of each row's `key`: equal keys always land in the same split."
-    if not 0 < test_size < 1: raise ValueError(f"test_size must be in (0, 1), got {test_size}")
-    if key not in ds.column_names: raise KeyError(f"no column {key!r} in {ds.column_names}")
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    if key not in ds.column_names:
+        raise KeyError(f"no column {key!r} in {ds.column_names}")
     h = [int(hashlib.sha256(f"{salt}:{_key_text(v)}".encode()).hexdigest()[:8], 16) / 16**8 for v in ds[key]]
     test = [i for i, x in enumerate(h) if x < test_size]
     test_set = set(test)

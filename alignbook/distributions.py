@@ -13,62 +13,74 @@ import torch
 import torch.nn.functional as F
 
 # %% ../nbs/01_distributions.ipynb #979a9312
-def softmax(logits:torch.Tensor) -> torch.Tensor:
+def softmax(logits: torch.Tensor) -> torch.Tensor:
     "Softmax over the last dimension, written out: exp(z - max z) / sum exp(z - max z)."
     z = logits - logits.max(-1, keepdim=True).values
     return z.exp() / z.exp().sum(-1, keepdim=True)
 
 # %% ../nbs/01_distributions.ipynb #6580c78d
 @torch.no_grad()
-def next_token_logits(model, tokenizer, text:str) -> torch.Tensor:
+def next_token_logits(model, tokenizer, text: str) -> torch.Tensor:
     "Logits (vocabulary-sized) for the token that follows `text`."
     ids = tokenizer(text, return_tensors="pt").to(model.device)
     return model(**ids).logits[0, -1].float()
 
 # %% ../nbs/01_distributions.ipynb #3b152767
-def top_tokens(probs:torch.Tensor, tokenizer, k:int=10) -> list[tuple[str, float]]:
+def top_tokens(probs: torch.Tensor, tokenizer, k: int = 10) -> list[tuple[str, float]]:
     "The `k` most likely tokens of a distribution, as (token text, probability) pairs."
     p, i = probs.topk(k)
     return [(repr(tokenizer.decode([j])), round(q, 4)) for j, q in zip(i.tolist(), p.tolist())]
 
 # %% ../nbs/01_distributions.ipynb #6041c820
-def entropy(logits:torch.Tensor) -> torch.Tensor:
+def entropy(logits: torch.Tensor) -> torch.Tensor:
     "Entropy in nats of the softmax of `logits` (over the last dimension)."
     logp = F.log_softmax(logits.float(), -1)
     return -(logp.exp() * logp).sum(-1)
 
 # %% ../nbs/01_distributions.ipynb #3d916789
-def token_logprobs(logits:torch.Tensor, # (batch, length, vocab) from one forward pass
-                   input_ids:torch.Tensor, # (batch, length) the tokens that were fed in
-                  ) -> torch.Tensor: # (batch, length-1): log p(token i+1 | tokens <= i)
+def token_logprobs(
+    logits: torch.Tensor,  # (batch, length, vocab) from one forward pass
+    input_ids: torch.Tensor,  # (batch, length) the tokens that were fed in
+) -> torch.Tensor:  # (batch, length-1): log p(token i+1 | tokens <= i)
     "Log-probability of each observed token given the tokens before it (logits shifted by one)."
     logits = logits[:, :-1]
-    if logits.dtype in (torch.float16, torch.bfloat16): logits = logits.float()  # half precision: sum in float32
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # half precision: sum in float32
     target = input_ids[:, 1:]
     return logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)
 
 # %% ../nbs/01_distributions.ipynb #d56fa628
-def encode_prompt_completion(tokenizer, prompt:str, completion:str) -> dict:
+def encode_prompt_completion(tokenizer, prompt: str, completion: str) -> dict:
     "Token ids of `prompt` followed by `completion`, and a mask that is 1 on the completion's tokens."
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if not c: raise ValueError(f"empty completion for prompt {prompt[:50]!r}")
+    if not c:
+        raise ValueError(f"empty completion for prompt {prompt[:50]!r}")
     return dict(input_ids=p + c, completion_mask=[0] * len(p) + [1] * len(c))
 
-def pad_batch(rows:list[dict], pad_token_id:int, side:str="right") -> dict:
+
+def pad_batch(rows: list[dict], pad_token_id: int, side: str = "right") -> dict:
     "Pad the lists in `rows` (input_ids and any masks) to one length; adds `attention_mask`."
-    if side not in ("left", "right"): raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     n = max(len(r["input_ids"]) for r in rows)
-    def pad(v, fill): return ([fill] * (n - len(v)) + v) if side == "left" else (v + [fill] * (n - len(v)))
+
+    def pad(v, fill):
+        return ([fill] * (n - len(v)) + v) if side == "left" else (v + [fill] * (n - len(v)))
+
     out = {k: torch.tensor([pad(r[k], pad_token_id if k == "input_ids" else 0) for r in rows]) for k in rows[0]}
     out["attention_mask"] = torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows])
     return out
 
 # %% ../nbs/01_distributions.ipynb #a12c923a
-def sequence_logprobs(model, input_ids:torch.Tensor, attention_mask:torch.Tensor,
-                      completion_mask:torch.Tensor|None=None, # 1 on the tokens to score (default: all real tokens)
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-token log-probs of the completion tokens, zero elsewhere, (batch, length-1), and their sum per sequence (batch,)."
+def sequence_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor | None = None,  # 1 on the tokens to score (default: all real tokens)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the completion tokens, zero elsewhere, (batch, length-1), and their sum per sequence
+    (batch,)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     mask = (attention_mask if completion_mask is None else completion_mask * attention_mask)[:, 1:].to(logits.dtype)
@@ -76,9 +88,10 @@ def sequence_logprobs(model, input_ids:torch.Tensor, attention_mask:torch.Tensor
     return per_token, per_token.sum(-1)
 
 # %% ../nbs/01_distributions.ipynb #038bd2c0
-def response_mask(generated:torch.Tensor, # (batch, new tokens) the generated part only
-                  stop_ids:list[int], # token ids that end a response (EOS)
-                 ) -> torch.Tensor:
+def response_mask(
+    generated: torch.Tensor,  # (batch, new tokens) the generated part only
+    stop_ids: list[int],  # token ids that end a response (EOS)
+) -> torch.Tensor:
     "1 on each generated token up to and including the first stop token, 0 after it."
     stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
     before = torch.ones_like(generated)
@@ -87,7 +100,7 @@ def response_mask(generated:torch.Tensor, # (batch, new tokens) the generated pa
 
 # %% ../nbs/01_distributions.ipynb #dcf6d79a
 @torch.no_grad()
-def entropy_along(model, input_ids:torch.Tensor, start:int) -> torch.Tensor:
+def entropy_along(model, input_ids: torch.Tensor, start: int) -> torch.Tensor:
     "Entropy of the next-token distribution at each position from `start` (the tokens' own predictions), one row."
-    logits = model(input_ids=input_ids).logits[0, start - 1:-1]
+    logits = model(input_ids=input_ids).logits[0, start - 1 : -1]
     return entropy(logits)

@@ -42,50 +42,60 @@ from alignbook.training import (
 )
 
 # %% ../nbs/08_dpo.ipynb #af880162
-def common_prefix_length(a:list, b:list) -> int:
+def common_prefix_length(a: list, b: list) -> int:
     "How many leading items `a` and `b` share."
     n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]: n += 1
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
     return n
 
-def explicit_prompt(row:dict) -> dict:
+
+def explicit_prompt(row: dict) -> dict:
     "A preference row with its prompt explicit: TRL's implicit form (the prompt inside both completions) is split."
     for k in ("prompt", "chosen", "rejected"):
         if k in row and not isinstance(row[k], (str, list)):
             raise TypeError(f"field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text or messages")
-    if "prompt" in row: return row
+    if "prompt" in row:
+        return row
     chosen, rejected = row["chosen"], row["rejected"]
     n = common_prefix_length(chosen, rejected)
-    if isinstance(chosen, str) and n > 0 and chosen[n - 1] == " ": n -= 1   # TRL keeps the space with the completion
+    if isinstance(chosen, str) and n > 0 and chosen[n - 1] == " ":
+        n -= 1  # TRL keeps the space with the completion
     return dict(row, prompt=chosen[:n], chosen=chosen[n:], rejected=rejected[n:])
 
-def preference_ids(row:dict, tokenizer) -> dict:
+
+def preference_ids(row: dict, tokenizer) -> dict:
     "`prompt_ids`, `chosen_ids`, `rejected_ids` of one preference row, tokenized as TRL 1.16's `DPOTrainer` does."
     row = explicit_prompt(row)
     prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    if isinstance(chosen, list):                      # conversational: the chat template ends each turn
+    if isinstance(chosen, list):  # conversational: the chat template ends each turn
         prompt_ids = chat_ids(tokenizer, prompt, add_generation_prompt=True)
         full = [chat_ids(tokenizer, prompt + c) for c in (chosen, rejected)]
-    else:                                             # text: the completion ends with EOS
+    else:  # text: the completion ends with EOS
         eos = tokenizer.eos_token
         prompt_ids = tokenizer(prompt)["input_ids"]
         full = [tokenizer(prompt + (c if c.endswith(eos) else c + eos))["input_ids"] for c in (chosen, rejected)]
-    n = min(common_prefix_length(prompt_ids, f) for f in full)   # the completion starts where prompt and full part
+    n = min(common_prefix_length(prompt_ids, f) for f in full)  # the completion starts where prompt and full part
     return dict(prompt_ids=prompt_ids[:n], chosen_ids=full[0][n:], rejected_ids=full[1][n:])
 
 # %% ../nbs/08_dpo.ipynb #10213ef1
 TRUNCATION_MODES = ("keep_start", "keep_end")
 
-def _cut(seq:list, max_length:int|None, truncation:str) -> list:
-    if max_length is None or len(seq) <= max_length: return seq
+
+def _cut(seq: list, max_length: int | None, truncation: str) -> list:
+    if max_length is None or len(seq) <= max_length:
+        return seq
     return seq[:max_length] if truncation == "keep_start" else seq[-max_length:]
 
-def _check_truncation(truncation:str):
+
+def _check_truncation(truncation: str):
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
 
-def collate_preferences(rows:list[dict], pad_token_id:int, max_length:int|None=None,
-                        truncation:str="keep_start") -> dict:
+
+def collate_preferences(
+    rows: list[dict], pad_token_id: int, max_length: int | None = None, truncation: str = "keep_start"
+) -> dict:
     "A right-padded batch in TRL's layout: chosen, then rejected, a `completion_mask`, any reference log-probs."
     _check_truncation(truncation)
     seqs, masks = [], []
@@ -94,22 +104,28 @@ def collate_preferences(rows:list[dict], pad_token_id:int, max_length:int|None=N
             seqs.append(_cut(r["prompt_ids"] + r[side], max_length, truncation))
             masks.append(_cut([0] * len(r["prompt_ids"]) + [1] * len(r[side]), max_length, truncation))
     width = max(map(len, seqs))
-    out = dict(input_ids=torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs]),   # (2·batch, width)
-               attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
-               completion_mask=torch.tensor([m + [0] * (width - len(m)) for m in masks]))
+    out = dict(
+        input_ids=torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs]),  # (2·batch, width)
+        attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+        completion_mask=torch.tensor([m + [0] * (width - len(m)) for m in masks]),
+    )
     for k in ("ref_chosen_logps", "ref_rejected_logps"):
-        if k in rows[0]: out[k] = torch.tensor([r[k] for r in rows])
+        if k in rows[0]:
+            out[k] = torch.tensor([r[k] for r in rows])
     return out
 
 # %% ../nbs/08_dpo.ipynb #bc9c9fd2
-def tokenize_preferences(rows, tokenizer, max_length:int|None=None, truncation:str="keep_start") -> list[dict]:
+def tokenize_preferences(rows, tokenizer, max_length: int | None = None, truncation: str = "keep_start") -> list[dict]:
     "Token ids of preference rows in TRL's formats; rows that cannot teach are dropped and counted in a warning."
     _check_truncation(truncation)
-    if max_length is not None and max_length < 2: raise ValueError(f"max_length must be >= 2, got {max_length}")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
     kept, dropped = [], Counter()
     for i, row in enumerate(rows):
-        try: row = explicit_prompt(row)
-        except TypeError as e: raise TypeError(f"row {i}: {e}") from None
+        try:
+            row = explicit_prompt(row)
+        except TypeError as e:
+            raise TypeError(f"row {i}: {e}") from None
         if not _reply_text(row["chosen"]).strip() or not _reply_text(row["rejected"]).strip():
             dropped["empty completion"] += 1
             continue
@@ -125,12 +141,16 @@ def tokenize_preferences(rows, tokenizer, max_length:int|None=None, truncation:s
             dropped[f"chosen and rejected equal within max_length={max_length}"] += 1
             continue
         kept.append(ids)
-    if dropped: warnings.warn(f"tokenize_preferences: dropped {dropped.total()} of {len(rows)} rows: " +
-                              ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=2)
+    if dropped:
+        warnings.warn(
+            f"tokenize_preferences: dropped {dropped.total()} of {len(rows)} rows: "
+            + ", ".join(f"{n} {why}" for why, n in dropped.most_common()),
+            stacklevel=2,
+        )
     return kept
 
 # %% ../nbs/08_dpo.ipynb #8715bac0
-def completion_logps(model, batch:dict) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed completion log-probs of the chosen (batch,) and rejected (batch,) halves of a `collate_preferences` batch."
     _, summed = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     return summed.chunk(2)
@@ -138,19 +158,25 @@ def completion_logps(model, batch:dict) -> tuple[torch.Tensor, torch.Tensor]:
 # %% ../nbs/08_dpo.ipynb #3d6bca52
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust")
 
-def dpo_loss(chosen_logps:torch.Tensor, # (batch,) summed completion log-probs under the policy
-             rejected_logps:torch.Tensor, # (batch,)
-             ref_chosen_logps:torch.Tensor, # (batch,) the same under the reference
-             ref_rejected_logps:torch.Tensor, # (batch,)
-             beta:float=0.1, loss_type:str="sigmoid", label_smoothing:float=0.0,
-             chosen_tokens:torch.Tensor|None=None, # (batch,) completion lengths, for 'ipo'
-             rejected_tokens:torch.Tensor|None=None, # (batch,)
-            ) -> torch.Tensor:
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,  # (batch,) summed completion log-probs under the policy
+    rejected_logps: torch.Tensor,  # (batch,)
+    ref_chosen_logps: torch.Tensor,  # (batch,) the same under the reference
+    ref_rejected_logps: torch.Tensor,  # (batch,)
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_tokens: torch.Tensor | None = None,  # (batch,) completion lengths, for 'ipo'
+    rejected_tokens: torch.Tensor | None = None,  # (batch,)
+) -> torch.Tensor:
     "The loss of each pair (batch,) for `loss_type` in `DPO_LOSSES`, as TRL 1.16 computes it."
-    h_w, h_l = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps    # log-ratios to the reference
-    margin = h_w - h_l                                                               # Δ
-    if loss_type == "sigmoid": return -F.logsigmoid(beta * margin)
-    if loss_type == "hinge": return torch.relu(1 - beta * margin)
+    h_w, h_l = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps  # log-ratios to the reference
+    margin = h_w - h_l  # Δ
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * margin)
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * margin)
     if loss_type == "ipo":
         if chosen_tokens is None or rejected_tokens is None:
             raise ValueError("'ipo' needs chosen_tokens and rejected_tokens")
@@ -162,18 +188,39 @@ def dpo_loss(chosen_logps:torch.Tensor, # (batch,) summed completion log-probs u
     raise ValueError(f"loss_type must be one of {DPO_LOSSES}, got {loss_type!r}")
 
 # %% ../nbs/08_dpo.ipynb #0a17c833
-def preference_sums(chosen_logps:torch.Tensor, rejected_logps:torch.Tensor, ref_chosen_logps:torch.Tensor,
-                    ref_rejected_logps:torch.Tensor, beta:float) -> torch.Tensor:
+def preference_sums(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     "Sums over pairs of what TRL logs: chosen reward, rejected reward, wins, margin, chosen logp, rejected logp."
     r_w = beta * (chosen_logps - ref_chosen_logps).detach()
     r_l = beta * (rejected_logps - ref_rejected_logps).detach()
-    return torch.stack([r_w.sum(), r_l.sum(), (r_w > r_l).float().sum(), (r_w - r_l).sum(),
-                        chosen_logps.detach().sum(), rejected_logps.detach().sum()])
+    return torch.stack(
+        [
+            r_w.sum(),
+            r_l.sum(),
+            (r_w > r_l).float().sum(),
+            (r_w - r_l).sum(),
+            chosen_logps.detach().sum(),
+            rejected_logps.detach().sum(),
+        ]
+    )
 
-METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                "logps/chosen", "logps/rejected")
 
-def preference_metrics(sums:torch.Tensor, n_pairs:int) -> dict:
+METRIC_NAMES = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def preference_metrics(sums: torch.Tensor, n_pairs: int) -> dict:
     "TRL's metric names and values from `preference_sums` over `n_pairs` pairs."
     return {k: v.item() / n_pairs for k, v in zip(METRIC_NAMES, sums)}
 
@@ -182,114 +229,158 @@ def preference_metrics(sums:torch.Tensor, n_pairs:int) -> dict:
 def adapters_off(model):
     "Inside the block, `model` without its LoRA updates (every adapter's scaling set to 0): the model it started from."
     layers = lora_layers(model)
-    if not layers: raise ValueError("the model has no LoRA adapters to switch off: pass the reference model "
-                                    "(a frozen copy of the starting model) as `ref`")
+    if not layers:
+        raise ValueError(
+            "the model has no LoRA adapters to switch off: pass the reference model "
+            "(a frozen copy of the starting model) as `ref`"
+        )
     if any(layer.merged for layer in layers.values()):
         raise ValueError("merged LoRA adapters cannot be switched off: unmerge them first (lora.unmerge)")
     scalings = {name: layer.scaling for name, layer in layers.items()}
-    for layer in layers.values(): layer.scaling = 0.0
-    try: yield model
+    for layer in layers.values():
+        layer.scaling = 0.0
+    try:
+        yield model
     finally:
-        for name, layer in layers.items(): layer.scaling = scalings[name]
+        for name, layer in layers.items():
+            layer.scaling = scalings[name]
+
 
 @torch.no_grad()
-def reference_logps(policy, batch:dict, ref=None) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(policy, batch: dict, ref=None) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed completion log-probs of a batch's chosen and rejected halves under `ref`, or `policy` with adapters off."
-    if ref is not None: return completion_logps(ref, batch)
-    with adapters_off(policy): return completion_logps(policy, batch)
+    if ref is not None:
+        return completion_logps(ref, batch)
+    with adapters_off(policy):
+        return completion_logps(policy, batch)
 
-def precompute_reference(policy, rows:list[dict], pad_token_id:int, ref=None, batch_size:int=16,
-                         max_length:int|None=None, truncation:str="keep_start") -> list[dict]:
+
+def precompute_reference(
+    policy,
+    rows: list[dict],
+    pad_token_id: int,
+    ref=None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    truncation: str = "keep_start",
+) -> list[dict]:
     "The rows with `ref_chosen_logps` and `ref_rejected_logps` added, computed once without gradient."
     out, device = [], next(policy.parameters()).device
     for i in tqdm(range(0, len(rows), batch_size), desc="reference log-probs"):
-        chunk = rows[i:i + batch_size]
+        chunk = rows[i : i + batch_size]
         batch = {k: v.to(device) for k, v in collate_preferences(chunk, pad_token_id, max_length, truncation).items()}
         c, r = reference_logps(policy, batch, ref)
         out += [dict(row, ref_chosen_logps=a.item(), ref_rejected_logps=b.item()) for row, a, b in zip(chunk, c, r)]
     return out
 
 # %% ../nbs/08_dpo.ipynb #e6cde16e
-def policy_and_reference_logps(policy, batch:dict, ref=None, first_layer:int|None=None, with_reference:bool=True):
+def policy_and_reference_logps(
+    policy, batch: dict, ref=None, first_layer: int | None = None, with_reference: bool = True
+):
     "(chosen, rejected) log-probs under the policy (with gradient) and the reference (or None); trunk shared."
     if first_layer is None:
         return completion_logps(policy, batch), reference_logps(policy, batch, ref) if with_reference else None
     ids, attn = batch["input_ids"], batch["attention_mask"]
     mask = batch["completion_mask"] * attn
-    trunk = trunk_states(policy, ids, attn, first_layer)                     # layers below first_layer, once
+    trunk = trunk_states(policy, ids, attn, first_layer)  # layers below first_layer, once
     ours = top_logprobs(policy, trunk, ids, mask, first_layer).sum(-1).chunk(2)
-    if not with_reference: return ours, None
+    if not with_reference:
+        return ours, None
     with torch.no_grad():
-        if ref is not None: theirs = top_logprobs(ref, trunk, ids, mask, first_layer)
+        if ref is not None:
+            theirs = top_logprobs(ref, trunk, ids, mask, first_layer)
         else:
-            with adapters_off(policy): theirs = top_logprobs(policy, trunk, ids, mask, first_layer)
+            with adapters_off(policy):
+                theirs = top_logprobs(policy, trunk, ids, mask, first_layer)
     return ours, theirs.sum(-1).chunk(2)
 
 # %% ../nbs/08_dpo.ipynb #8c392c06
 @dataclass
 class DPOSettings(TrainConfig):
     "Hyper-parameters of `train_dpo`: `TrainConfig`'s, and DPO's own (TRL's `DPOConfig` names)."
+
     steps: int = 50  # optimizer steps
     lr: float = 5e-4  # peak learning rate (LoRA; TRL's default 1e-6 is for training every weight)
     beta: float = 0.1  # β: the strength of the KL leash to the reference (for 'ipo', its τ)
     loss_type: str = "sigmoid"  # one of DPO_LOSSES
     label_smoothing: float = 0.0  # ε, the assumed fraction of flipped labels ('robust' only)
-    max_length: int|None = 1024  # prompt + completion tokens kept per sequence (None: all)
+    max_length: int | None = 1024  # prompt + completion tokens kept per sequence (None: all)
     truncation: str = "keep_start"  # which end of a long sequence to keep: 'keep_start' or 'keep_end'
     precompute_ref: bool = False  # compute the reference log-probs once before training (rows that have them keep them)
     shared_trunk: bool = True  # run the frozen layers below the first trained one once for policy and reference
 
     def problems(self) -> list[str]:
-        checks = [(self.beta > 0 and math.isfinite(self.beta), f"beta must be a finite number > 0, got {self.beta}"),
-                  (self.loss_type in DPO_LOSSES, f"loss_type must be one of {DPO_LOSSES}, got {self.loss_type!r}"),
-                  (0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}"),
-                  (self.label_smoothing == 0 or self.loss_type == "robust",
-                   f"label_smoothing={self.label_smoothing} does nothing with loss_type={self.loss_type!r} (TRL 1.16 "
-                   "ignores it there too): use loss_type='robust' for labels that may be flipped"),
-                  (self.max_length is None or self.max_length >= 2,
-                   f"max_length must be >= 2 or None, got {self.max_length}"),
-                  (self.truncation in TRUNCATION_MODES,
-                   f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")]
+        checks = [
+            (self.beta > 0 and math.isfinite(self.beta), f"beta must be a finite number > 0, got {self.beta}"),
+            (self.loss_type in DPO_LOSSES, f"loss_type must be one of {DPO_LOSSES}, got {self.loss_type!r}"),
+            (0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}"),
+            (
+                self.label_smoothing == 0 or self.loss_type == "robust",
+                f"label_smoothing={self.label_smoothing} does nothing with loss_type={self.loss_type!r} (TRL 1.16 "
+                "ignores it there too): use loss_type='robust' for labels that may be flipped",
+            ),
+            (
+                self.max_length is None or self.max_length >= 2,
+                f"max_length must be >= 2 or None, got {self.max_length}",
+            ),
+            (
+                self.truncation in TRUNCATION_MODES,
+                f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}",
+            ),
+        ]
         return super().problems() + [msg for ok, msg in checks if not ok]
+
 
 def check_dpo_reference(policy, ref):
     "Refuse a reference that is the policy, and adapters off as the reference while weights outside them are trained."
-    if ref is not None: return check_reference(policy, ref)
-    if not lora_layers(policy): raise ValueError("no reference model was given and the policy has no LoRA adapters to "
-                                                 "switch off: pass a frozen copy of the starting model as `ref`")
+    if ref is not None:
+        return check_reference(policy, ref)
+    if not lora_layers(policy):
+        raise ValueError(
+            "no reference model was given and the policy has no LoRA adapters to "
+            "switch off: pass a frozen copy of the starting model as `ref`"
+        )
     other = [n for n, p in policy.named_parameters() if p.requires_grad and "lora_" not in n]
-    if other: raise ValueError(f"weights outside the LoRA adapters are trained ({other[:3]}...), so switching the "
-                               "adapters off does not give the starting model: pass a frozen copy of it as `ref`")
+    if other:
+        raise ValueError(
+            f"weights outside the LoRA adapters are trained ({other[:3]}...), so switching the "
+            "adapters off does not give the starting model: pass a frozen copy of it as `ref`"
+        )
 
 # %% ../nbs/08_dpo.ipynb #0a98717a
-def train_dpo(policy, data, cfg:DPOSettings|None=None, tokenizer=None,
-              ref=None, # the reference: a frozen copy of the start; None = `policy` with its LoRA adapters off
-             ) -> list[dict]:
+def train_dpo(
+    policy,
+    data,
+    cfg: DPOSettings | None = None,
+    tokenizer=None,
+    ref=None,  # the reference: a frozen copy of the start; None = `policy` with its LoRA adapters off
+) -> list[dict]:
     "Train `policy` on preference pairs with the DPO loss; returns the history with TRL's metric names."
     cfg = cfg or DPOSettings()
-    if data and "prompt_ids" not in data[0]:                                   # preference rows: tokenize them
+    if data and "prompt_ids" not in data[0]:  # preference rows: tokenize them
         if tokenizer is None:
             raise ValueError("preference rows need the tokenizer; or pass tokenize_preferences' output")
         data = tokenize_preferences(data, tokenizer, cfg.max_length, cfg.truncation)
     pad = tokenizer.pad_token_id if tokenizer is not None else policy.config.pad_token_id
-    if pad is None: raise ValueError("no pad token id: pass the tokenizer, or set policy.config.pad_token_id")
+    if pad is None:
+        raise ValueError("no pad token id: pass the tokenizer, or set policy.config.pad_token_id")
     check_dpo_reference(policy, ref)
     params = trainable_parameters(policy)
     first_layer = shared_trunk_depth(policy, policy if ref is None else ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    precomputed = "ref_chosen_logps" in data[0] if data else False   # rows from `precompute_reference` keep theirs
+    precomputed = "ref_chosen_logps" in data[0] if data else False  # rows from `precompute_reference` keep theirs
     if cfg.precompute_ref and not precomputed:
         data = precompute_reference(policy, data, pad, ref, cfg.batch_size * 2, cfg.max_length, cfg.truncation)
         precomputed = True
     opt, sched = make_optimizer(params, cfg)
     order, history, seen = order_for(len(data), cfg.seed), [], 0
-    n_pairs = cfg.batch_size * world * cfg.grad_accum_steps                   # pairs per optimizer step, every process
+    n_pairs = cfg.batch_size * world * cfg.grad_accum_steps  # pairs per optimizer step, every process
     with training_mode(policy):
         for step in tqdm(range(1, cfg.steps + 1), desc="DPO", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
-            micro = rows_for_step(order, step, cfg, rank, world)              # 1. this process's pairs
-            totals = torch.zeros(8, device=device)          # loss sum, the six preference_sums, tokens
+            micro = rows_for_step(order, step, cfg, rank, world)  # 1. this process's pairs
+            totals = torch.zeros(8, device=device)  # loss sum, the six preference_sums, tokens
             for m, idx in enumerate(micro):
                 batch = collate_preferences([data[i] for i in idx], pad, cfg.max_length, cfg.truncation)
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -299,18 +390,41 @@ def train_dpo(policy, data, cfg:DPOSettings|None=None, tokenizer=None,
                     rw, rl = (batch["ref_chosen_logps"], batch["ref_rejected_logps"]) if precomputed else refs
                     # 3. the loss of each pair, summed
                     n_w, n_l = batch["completion_mask"].sum(-1).chunk(2)
-                    loss_sum = dpo_loss(lw.float(), ll.float(), rw.float(), rl.float(), cfg.beta, cfg.loss_type,
-                                        cfg.label_smoothing, n_w, n_l).sum()
-                    sums = torch.cat([loss_sum.detach()[None], preference_sums(lw.float(), ll.float(), rw.float(),
-                                                                               rl.float(), cfg.beta),
-                                      batch["attention_mask"].sum()[None].float()])
+                    loss_sum = dpo_loss(
+                        lw.float(),
+                        ll.float(),
+                        rw.float(),
+                        rl.float(),
+                        cfg.beta,
+                        cfg.loss_type,
+                        cfg.label_smoothing,
+                        n_w,
+                        n_l,
+                    ).sum()
+                    sums = torch.cat(
+                        [
+                            loss_sum.detach()[None],
+                            preference_sums(lw.float(), ll.float(), rw.float(), rl.float(), cfg.beta),
+                            batch["attention_mask"].sum()[None].float(),
+                        ]
+                    )
                     sums = accelerator.reduce(sums, "sum")
                     check_finite(sums[0], step)
-                    accelerator.backward(loss_sum * world / n_pairs)   # DDP averages over processes: the global mean
+                    accelerator.backward(loss_sum * world / n_pairs)  # DDP averages over processes: the global mean
                 totals += sums
-            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)   # 4. update
-            seen += int(totals[7])                                                   # 5. log
-            history.append(log_row(step, step * n_pairs / len(data), totals[0].item() / n_pairs, lr, grad_norm, seen,
-                                   time.perf_counter() - t0, int(totals[7]),
-                                   **preference_metrics(totals[1:7], n_pairs)))
+            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)  # 4. update
+            seen += int(totals[7])  # 5. log
+            history.append(
+                log_row(
+                    step,
+                    step * n_pairs / len(data),
+                    totals[0].item() / n_pairs,
+                    lr,
+                    grad_norm,
+                    seen,
+                    time.perf_counter() - t0,
+                    int(totals[7]),
+                    **preference_metrics(totals[1:7], n_pairs),
+                )
+            )
     return history

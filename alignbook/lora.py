@@ -22,101 +22,147 @@ from transformers.pytorch_utils import Conv1D
 # %% ../nbs/05_lora.ipynb #d1353c6c
 class LoRALinear(nn.Module):
     "A frozen `nn.Linear` (or GPT-2's `Conv1D`) plus a trainable low-rank update (alpha/r)·B·A, in PEFT's layout."
-    def __init__(self, base_layer:nn.Module, r:int=8, alpha:float=16, dropout:float=0.0, use_rslora:bool=False):
+
+    def __init__(
+        self, base_layer: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0, use_rslora: bool = False
+    ):
         super().__init__()
-        if r <= 0: raise ValueError(f"LoRA rank r must be > 0, got {r}")
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be > 0, got {r}")
         self.base_layer, self.r, self.alpha = base_layer, r, alpha
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)   # Conv1D stores its weight as (in, out)
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)  # Conv1D stores its weight as (in, out)
         n_in, n_out = base_layer.weight.shape[::-1] if not self.fan_in_fan_out else base_layer.weight.shape
         self.scaling = alpha / (math.sqrt(r) if use_rslora else r)
         w = base_layer.weight
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype   # adapters stay float32 (PEFT)
+        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype  # adapters stay float32 (PEFT)
         self.lora_A = nn.Linear(n_in, r, bias=False, dtype=dtype, device=w.device)
         self.lora_B = nn.Linear(r, n_out, bias=False, dtype=dtype, device=w.device)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)                      # as PEFT: B = 0, so the update starts at 0
+        nn.init.zeros_(self.lora_B.weight)  # as PEFT: B = 0, so the update starts at 0
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
-        for p in self.base_layer.parameters(): p.requires_grad_(False)
+        for p in self.base_layer.parameters():
+            p.requires_grad_(False)
 
     def forward(self, x):
         out = self.base_layer(x)
-        if self.merged: return out
+        if self.merged:
+            return out
         update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))) * self.scaling
         return out + update.to(out.dtype)
 
 # %% ../nbs/05_lora.ipynb #4146ee05
-def delta_weight(layer:LoRALinear) -> torch.Tensor:
+def delta_weight(layer: LoRALinear) -> torch.Tensor:
     "The update (alpha/r)·B·A, shaped like the base weight (transposed for `Conv1D`)."
     delta = (layer.lora_B.weight @ layer.lora_A.weight) * layer.scaling
     return (delta.T if layer.fan_in_fan_out else delta).to(layer.base_layer.weight.dtype)
 
-def merge(layer:LoRALinear):
+
+def merge(layer: LoRALinear):
     "Add the update into the base weight (inference without the extra matmuls)."
-    if layer.merged: raise ValueError("this LoRA layer is already merged: merging again would add the update twice")
-    with torch.no_grad(): layer.base_layer.weight += delta_weight(layer)
+    if layer.merged:
+        raise ValueError("this LoRA layer is already merged: merging again would add the update twice")
+    with torch.no_grad():
+        layer.base_layer.weight += delta_weight(layer)
     layer.merged = True
 
-def unmerge(layer:LoRALinear):
+
+def unmerge(layer: LoRALinear):
     "Subtract the update from the base weight again."
-    if not layer.merged: raise ValueError("this LoRA layer is not merged")
-    with torch.no_grad(): layer.base_layer.weight -= delta_weight(layer)
+    if not layer.merged:
+        raise ValueError("this LoRA layer is not merged")
+    with torch.no_grad():
+        layer.base_layer.weight -= delta_weight(layer)
     layer.merged = False
 
 # %% ../nbs/05_lora.ipynb #597721a1
-def _matches(name:str, targets:list[str]|str) -> bool:
+def _matches(name: str, targets: list[str] | str) -> bool:
     "PEFT's rule: a string is a regex the whole module name must match; a list matches a name or its last parts."
-    if isinstance(targets, str): return re.fullmatch(targets, name) is not None
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
 
-def _pattern_value(name:str, pattern:dict, default):
+
+def _pattern_value(name: str, pattern: dict, default):
     "PEFT's rank_pattern / alpha_pattern: the value of the first key that matches the end of `name`, else `default`."
     return next((v for k, v in pattern.items() if re.match(rf"(.*\.)?({k})$", name)), default)
 
-def lora_targets(model, target_modules:list[str]|str) -> list[str]:
+
+def lora_targets(model, target_modules: list[str] | str) -> list[str]:
     "Names of the `nn.Linear`/`Conv1D` modules that `target_modules` selects (a list, a regex, or 'all-linear')."
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
-    if target_modules == "all-linear":   # as PEFT: every linear layer but the output layer(s)
+    if target_modules == "all-linear":  # as PEFT: every linear layer but the output layer(s)
         out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         return [n for n in linear if model.get_submodule(n) is not out and n.split(".")[-1] not in ("lm_head", "score")]
     names = [n for n in linear if _matches(n, target_modules)]
-    if not names: raise ValueError(f"no nn.Linear or Conv1D module matches target_modules={target_modules!r}")
+    if not names:
+        raise ValueError(f"no nn.Linear or Conv1D module matches target_modules={target_modules!r}")
     return names
 
-def inject_lora(model, target_modules:list[str]|str, r:int=8, alpha:float=16, dropout:float=0.0, use_rslora:bool=False,
-                modules_to_save:list[str]=(), rank_pattern:dict|None=None, alpha_pattern:dict|None=None) -> nn.Module:
+
+def inject_lora(
+    model,
+    target_modules: list[str] | str,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+    use_rslora: bool = False,
+    modules_to_save: list[str] = (),
+    rank_pattern: dict | None = None,
+    alpha_pattern: dict | None = None,
+) -> nn.Module:
     "Wrap the selected linear layers in `LoRALinear`, freeze all else but `modules_to_save`; returns the model."
     rank_pattern, alpha_pattern = rank_pattern or {}, alpha_pattern or {}
-    names = lora_targets(model, target_modules)                       # every check before the model is touched
+    names = lora_targets(model, target_modules)  # every check before the model is touched
     ranks = {n: _pattern_value(n, rank_pattern, r) for n in names}
-    if min(ranks.values()) <= 0 or r <= 0: raise ValueError(f"LoRA ranks must be > 0, got r={r}, rank_pattern={rank_pattern}")
-    for name in modules_to_save: model.get_submodule(name)
-    for p in model.parameters(): p.requires_grad_(False)
+    if min(ranks.values()) <= 0 or r <= 0:
+        raise ValueError(f"LoRA ranks must be > 0, got r={r}, rank_pattern={rank_pattern}")
+    for name in modules_to_save:
+        model.get_submodule(name)
+    for p in model.parameters():
+        p.requires_grad_(False)
     for name in names:
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent) if parent else model
-        setattr(holder, child, LoRALinear(getattr(holder, child), ranks[name], _pattern_value(name, alpha_pattern, alpha),
-                                          dropout, use_rslora))
+        setattr(
+            holder,
+            child,
+            LoRALinear(
+                getattr(holder, child), ranks[name], _pattern_value(name, alpha_pattern, alpha), dropout, use_rslora
+            ),
+        )
     for name in modules_to_save:
-        for p in model.get_submodule(name).parameters(): p.requires_grad_(True)
-    model.lora_config = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora,
-                             target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
-                             modules_to_save=list(modules_to_save) or None, rank_pattern=rank_pattern,
-                             alpha_pattern=alpha_pattern)
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+    model.lora_config = dict(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        use_rslora=use_rslora,
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        modules_to_save=list(modules_to_save) or None,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+    )
     return model
+
 
 def remove_lora(model) -> nn.Module:
     "Put every base layer back in place of its `LoRALinear` (unmerged first): the model as it was before `inject_lora`."
     for name, layer in list(lora_layers(model).items()):
-        if layer.merged: unmerge(layer)
+        if layer.merged:
+            unmerge(layer)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
-    if hasattr(model, "lora_config"): del model.lora_config
+    if hasattr(model, "lora_config"):
+        del model.lora_config
     return model
+
 
 def lora_layers(model) -> dict[str, LoRALinear]:
     "The model's LoRA layers by name."
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
 
 def count_trainable(model) -> tuple[int, int]:
     "(trainable, total) parameter counts."
@@ -125,66 +171,113 @@ def count_trainable(model) -> tuple[int, int]:
 # %% ../nbs/05_lora.ipynb #85dd3974
 def copy_from_peft(model, peft_model):
     "Copy a PEFT LoRA model's adapter (and modules_to_save) weights into our injected `model`."
-    theirs = {k.replace("base_model.model.", "", 1).replace(".default", "").replace("modules_to_save.", ""): v
-              for k, v in peft_model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
+    theirs = {
+        k.replace("base_model.model.", "", 1).replace(".default", "").replace("modules_to_save.", ""): v
+        for k, v in peft_model.state_dict().items()
+        if "lora_" in k or "modules_to_save" in k
+    }
     ours = model.state_dict()
     missing = [k for k in ours if ("lora_" in k) and k not in theirs]
-    if missing: raise ValueError(f"PEFT model has no weights for {missing[:3]}...")
+    if missing:
+        raise ValueError(f"PEFT model has no weights for {missing[:3]}...")
     model.load_state_dict({k: v for k, v in theirs.items() if k in ours}, strict=False)
 
 # %% ../nbs/05_lora.ipynb #c9f5ac57
-def save_lora(model, path:str|Path, task_type:str|None=None):
+def save_lora(model, path: str | Path, task_type: str | None = None):
     "Write the adapters (and modules_to_save) as a PEFT adapter; under many processes only the main one writes."
     cfg = getattr(model, "lora_config", None)
-    if cfg is None: raise ValueError("the model has no LoRA adapters (use inject_lora first)")
+    if cfg is None:
+        raise ValueError("the model has no LoRA adapters (use inject_lora first)")
     keep = cfg["modules_to_save"] or []
     weights, lost = {}, []
     for name, p in model.named_parameters():
-        if "lora_A" in name or "lora_B" in name: weights[f"base_model.model.{name}"] = p.detach().contiguous()
-        elif any(name.startswith(m + ".") for m in keep): weights[f"base_model.model.{name}"] = p.detach().contiguous()
-        elif p.requires_grad: lost.append(name)
-    if lost: raise ValueError(f"trained parameters {lost} would not be saved: add their modules to modules_to_save")
+        if "lora_A" in name or "lora_B" in name:
+            weights[f"base_model.model.{name}"] = p.detach().contiguous()
+        elif any(name.startswith(m + ".") for m in keep):
+            weights[f"base_model.model.{name}"] = p.detach().contiguous()
+        elif p.requires_grad:
+            lost.append(name)
+    if lost:
+        raise ValueError(f"trained parameters {lost} would not be saved: add their modules to modules_to_save")
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not dist or torch.distributed.get_rank() == 0:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file(weights, path / "adapter_model.safetensors")
         fan = any(m.fan_in_fan_out for m in lora_layers(model).values())
-        (path / "adapter_config.json").write_text(json.dumps(dict(peft_type="LORA", task_type=task_type, bias="none",
-            fan_in_fan_out=fan, init_lora_weights=True, inference_mode=True, base_model_name_or_path=None, **cfg),
-            indent=2))
-    if dist: torch.distributed.barrier()   # the others wait until the files exist
+        (path / "adapter_config.json").write_text(
+            json.dumps(
+                dict(
+                    peft_type="LORA",
+                    task_type=task_type,
+                    bias="none",
+                    fan_in_fan_out=fan,
+                    init_lora_weights=True,
+                    inference_mode=True,
+                    base_model_name_or_path=None,
+                    **cfg,
+                ),
+                indent=2,
+            )
+        )
+    if dist:
+        torch.distributed.barrier()  # the others wait until the files exist
 
-UNSUPPORTED = dict(use_dora=(False, None), bias=("none", None), layers_to_transform=(None,), layer_replication=(None,),
-                   lora_bias=(False, None), target_parameters=(None, []), megatron_config=(None,))
 
-def load_lora(model, path:str|Path) -> nn.Module:
-    "Inject and load a PEFT-format LoRA adapter (ours or PEFT's) into `model`; on any error the model is left as it was."
+UNSUPPORTED = dict(
+    use_dora=(False, None),
+    bias=("none", None),
+    layers_to_transform=(None,),
+    layer_replication=(None,),
+    lora_bias=(False, None),
+    target_parameters=(None, []),
+    megatron_config=(None,),
+)
+
+
+def load_lora(model, path: str | Path) -> nn.Module:
+    """Inject and load a PEFT-format LoRA adapter (ours or PEFT's) into `model`; on any error the model is left as it
+    was."""
     path = Path(path)
     cfg = json.loads((path / "adapter_config.json").read_text())
-    if cfg.get("peft_type") != "LORA": raise ValueError(f"not a LoRA adapter: peft_type={cfg.get('peft_type')}")
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"not a LoRA adapter: peft_type={cfg.get('peft_type')}")
     odd = {k: cfg[k] for k, ok in UNSUPPORTED.items() if k in cfg and cfg[k] not in ok}
-    if odd: raise ValueError(f"this adapter uses PEFT options alignbook's LoRA does not implement: {odd}")
+    if odd:
+        raise ValueError(f"this adapter uses PEFT options alignbook's LoRA does not implement: {odd}")
     state = {k.replace("base_model.model.", "", 1): v for k, v in load_file(path / "adapter_model.safetensors").items()}
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
-    before = {k: v.clone() for k, v in model.state_dict().items() if k in state}   # modules_to_save it may overwrite
-    inject_lora(model, cfg["target_modules"], cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0),
-                cfg.get("use_rslora", False), [m for m in cfg.get("modules_to_save") or [] if _has_module(model, m)],
-                cfg.get("rank_pattern"), cfg.get("alpha_pattern"))
+    before = {k: v.clone() for k, v in model.state_dict().items() if k in state}  # modules_to_save it may overwrite
+    inject_lora(
+        model,
+        cfg["target_modules"],
+        cfg["r"],
+        cfg["lora_alpha"],
+        cfg.get("lora_dropout", 0.0),
+        cfg.get("use_rslora", False),
+        [m for m in cfg.get("modules_to_save") or [] if _has_module(model, m)],
+        cfg.get("rank_pattern"),
+        cfg.get("alpha_pattern"),
+    )
     try:
-        result = model.load_state_dict(state, strict=False)   # raises on a shape mismatch (e.g. another rank)
-        if result.unexpected_keys: raise ValueError(f"adapter weights that fit no module: {result.unexpected_keys[:3]}")
+        result = model.load_state_dict(state, strict=False)  # raises on a shape mismatch (e.g. another rank)
+        if result.unexpected_keys:
+            raise ValueError(f"adapter weights that fit no module: {result.unexpected_keys[:3]}")
         not_loaded = [k for k in model.state_dict() if "lora_" in k and k not in state]
-        if not_loaded: raise ValueError(f"adapter file lacks weights for {not_loaded[:3]}")
+        if not_loaded:
+            raise ValueError(f"adapter file lacks weights for {not_loaded[:3]}")
     except (RuntimeError, ValueError):
         remove_lora(model)
         model.load_state_dict(before, strict=False)
-        for n, p in model.named_parameters(): p.requires_grad_(frozen[n])
+        for n, p in model.named_parameters():
+            p.requires_grad_(frozen[n])
         raise
     return model
 
-def _has_module(model, name:str) -> bool:
+
+def _has_module(model, name: str) -> bool:
     try:
         model.get_submodule(name)
         return True
-    except AttributeError: return False
+    except AttributeError:
+        return False

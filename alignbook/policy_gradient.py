@@ -33,41 +33,55 @@ from alignbook.training import (
 )
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
-def check_rewards(rewards, n:int) -> torch.Tensor:
-    "Rewards as a float tensor of shape (n,), refused (before any update) if the shape is wrong or a value is not finite."
+def check_rewards(rewards, n: int) -> torch.Tensor:
+    """Rewards as a float tensor of shape (n,), refused (before any update) if the shape is wrong or a value is not
+    finite."""
     r = torch.as_tensor(rewards, dtype=torch.float32)
-    if r.shape != (n,): raise ValueError(f"reward function must return {n} numbers, one per sample; got shape {tuple(r.shape)}")
-    if not torch.isfinite(r).all(): raise ValueError(f"reward function returned non-finite values at {torch.where(~torch.isfinite(r))[0].tolist()}")
+    if r.shape != (n,):
+        raise ValueError(f"reward function must return {n} numbers, one per sample; got shape {tuple(r.shape)}")
+    if not torch.isfinite(r).all():
+        raise ValueError(f"reward function returned non-finite values at {torch.where(~torch.isfinite(r))[0].tolist()}")
     return r
 
-def reinforce_loss(logprobs:torch.Tensor, advantages:torch.Tensor) -> torch.Tensor:
+
+def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     "Score-function surrogate: its gradient is -mean(advantage · ∇ log p). Advantages are treated as constants."
     return -(advantages.detach() * logprobs).mean()
 
 # %% ../nbs/06_log_derivative.ipynb #6b448fdd
-def categorical_score_estimate(theta:torch.Tensor, f:torch.Tensor, n:int, generator=None) -> torch.Tensor:
+def categorical_score_estimate(theta: torch.Tensor, f: torch.Tensor, n: int, generator=None) -> torch.Tensor:
     "Monte Carlo ∇θ E[f(y)] for y ~ softmax(θ), from `n` samples: mean of f(y) (onehot(y) - p)."
     p = F.softmax(theta, -1)
     y = torch.multinomial(p, n, replacement=True, generator=generator)
     return (f[y, None] * (F.one_hot(y, len(theta)) - p)).mean(0)
 
-def gaussian_score_estimate(mu:float, sigma:float, f, n:int, generator=None) -> torch.Tensor:
+
+def gaussian_score_estimate(mu: float, sigma: float, f, n: int, generator=None) -> torch.Tensor:
     "Monte Carlo ∇(μ, σ) E[f(y)] for y ~ N(μ, σ²), from `n` samples."
     y = mu + sigma * torch.randn(n, generator=generator, dtype=torch.float64)
     fy = f(y)
-    return torch.stack([(fy * (y - mu) / sigma**2).mean(), (fy * ((y - mu)**2 - sigma**2) / sigma**3).mean()])
+    return torch.stack([(fy * (y - mu) / sigma**2).mean(), (fy * ((y - mu) ** 2 - sigma**2) / sigma**3).mean()])
 
 # %% ../nbs/06_log_derivative.ipynb #d7053f57
-def leave_one_out_baseline(rewards:torch.Tensor) -> torch.Tensor:
+def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     "For each sample, the mean reward of the other samples in its group (last dimension)."
     n = rewards.shape[-1]
-    if n < 2: raise ValueError("leave-one-out needs at least 2 samples per group")
+    if n < 2:
+        raise ValueError("leave-one-out needs at least 2 samples per group")
     return (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)
 
 # %% ../nbs/06_log_derivative.ipynb #076f63d4
-def train_bandit(arm_probs:torch.Tensor, steps:int=300, batch:int=16, lr:float=1.0, baseline:bool=True, seed:int=0,
-                 reward_offset:float=5.0) -> list[float]:
-    "REINFORCE on a bandit paying `reward_offset` + Bernoulli(p_arm); returns the policy's expected bonus after each step."
+def train_bandit(
+    arm_probs: torch.Tensor,
+    steps: int = 300,
+    batch: int = 16,
+    lr: float = 1.0,
+    baseline: bool = True,
+    seed: int = 0,
+    reward_offset: float = 5.0,
+) -> list[float]:
+    """REINFORCE on a bandit paying `reward_offset` + Bernoulli(p_arm); returns the policy's expected bonus after each
+    step."""
     g = torch.Generator().manual_seed(seed)
     theta = torch.zeros(len(arm_probs), requires_grad=True)
     opt, curve = torch.optim.SGD([theta], lr=lr), []
@@ -76,105 +90,169 @@ def train_bandit(arm_probs:torch.Tensor, steps:int=300, batch:int=16, lr:float=1
         arms = torch.multinomial(logp.exp().detach(), batch, replacement=True, generator=g)
         r = (torch.rand(batch, generator=g) < arm_probs[arms]).float() + reward_offset
         adv = r - leave_one_out_baseline(r) if baseline else r
-        opt.zero_grad(); reinforce_loss(logp[arms], adv).backward(); opt.step()
+        opt.zero_grad()
+        reinforce_loss(logp[arms], adv).backward()
+        opt.step()
         curve.append((F.softmax(theta, -1) * arm_probs).sum().item())
     return curve
 
 # %% ../nbs/06_log_derivative.ipynb #970a273e
-def kl_penalty(logp:torch.Tensor, ref_logp:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     "Per-sequence KL estimate Σ_t (log π - log π_ref) over the masked (sampled) tokens."
     return ((logp - ref_logp) * mask).sum(-1)
 
 # %% ../nbs/06_log_derivative.ipynb #d2c349e0
-class _StopForward(Exception): pass
+class _StopForward(Exception):
+    pass
+
 
 @torch.no_grad()
-def trunk_states(model, input_ids:torch.Tensor, attention_mask:torch.Tensor, first_layer:int) -> dict:
-    "Run `model` without gradient up to decoder layer `first_layer`: the hidden states entering it and its other arguments."
+def trunk_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_layer: int) -> dict:
+    """Run `model` without gradient up to decoder layer `first_layer`: the hidden states entering it and its other
+    arguments."""
     seen = {}
+
     def grab(module, args, kwargs):
         seen.update(hidden=args[0] if args else kwargs.pop("hidden_states"), kwargs=kwargs)
         raise _StopForward
+
     handle = model.model.layers[first_layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try: model(input_ids=input_ids, attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
-    except _StopForward: pass
-    finally: handle.remove()
+    try:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+        )
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
     return seen
 
 # %% ../nbs/06_log_derivative.ipynb #07be1959
-def top_hidden(model, trunk:dict, first_layer:int) -> torch.Tensor:
+def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
     "Final-norm hidden states (batch, length, hidden): `model`'s decoder layers from `first_layer` up, run on `trunk`."
     h = trunk["hidden"]
     for layer in model.model.layers[first_layer:]:
         h = layer(h, **trunk["kwargs"])
-        if isinstance(h, tuple): h = h[0]   # older transformers return (hidden, ...)
+        if isinstance(h, tuple):
+            h = h[0]  # older transformers return (hidden, ...)
     return model.model.norm(h)
 
-def top_logprobs(model, trunk:dict, input_ids:torch.Tensor, completion_mask:torch.Tensor, first_layer:int) -> torch.Tensor:
-    "Per-token log-probs of the completion (batch, length-1, zero elsewhere), running `model`'s layers from `first_layer` on `trunk`."
+
+def top_logprobs(
+    model, trunk: dict, input_ids: torch.Tensor, completion_mask: torch.Tensor, first_layer: int
+) -> torch.Tensor:
+    """Per-token log-probs of the completion (batch, length-1, zero elsewhere), running `model`'s layers from
+    `first_layer` on `trunk`."""
     scored = completion_mask[:, 1:].bool()
-    logits = model.lm_head(top_hidden(model, trunk, first_layer)[:, :-1][scored]).float()   # the vocabulary only where scored
+    logits = model.lm_head(
+        top_hidden(model, trunk, first_layer)[:, :-1][scored]
+    ).float()  # the vocabulary only where scored
     lp = logits.gather(-1, input_ids[:, 1:][scored][:, None]).squeeze(-1) - logits.logsumexp(-1)
     return torch.zeros(scored.shape, dtype=lp.dtype, device=lp.device).masked_scatter(scored, lp)
 
 # %% ../nbs/06_log_derivative.ipynb #c22eee71
-def shared_trunk_depth(policy, ref) -> int|None:
-    "First decoder layer with trainable parameters, if every parameter below it is frozen and equal in `ref`; else None."
+def shared_trunk_depth(policy, ref) -> int | None:
+    """First decoder layer with trainable parameters, if every parameter below it is frozen and equal in `ref`; else
+    None."""
     layers = getattr(getattr(policy, "model", None), "layers", None)
-    if layers is None or getattr(getattr(ref, "model", None), "layers", None) is None: return None
+    if layers is None or getattr(getattr(ref, "model", None), "layers", None) is None:
+        return None
     trainable = [i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())]
-    if not trainable: return None
+    if not trainable:
+        return None
     first, ours, theirs = trainable[0], dict(policy.named_parameters()), dict(ref.named_parameters())
-    below = [n for n in ours if n.startswith("model.embed_tokens.") or any(n.startswith(f"model.layers.{i}.") for i in range(first))]
-    if any(ours[n].requires_grad or n not in theirs or not torch.equal(ours[n], theirs[n]) for n in below): return None
+    below = [
+        n
+        for n in ours
+        if n.startswith("model.embed_tokens.") or any(n.startswith(f"model.layers.{i}.") for i in range(first))
+    ]
+    if any(ours[n].requires_grad or n not in theirs or not torch.equal(ours[n], theirs[n]) for n in below):
+        return None
     return first
 
-def policy_and_ref_logprobs(policy, ref, input_ids:torch.Tensor, attention_mask:torch.Tensor, completion_mask:torch.Tensor,
-                            first_layer:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-token completion log-probs under `policy` (with gradient) and `ref` (without); with `first_layer`, the shared trunk runs once."
+
+def policy_and_ref_logprobs(
+    policy,
+    ref,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    first_layer: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token completion log-probs under `policy` (with gradient) and `ref` (without); with `first_layer`, the
+    shared trunk runs once."""
     if first_layer is None:
-        with torch.no_grad(): ref_logp, _ = sequence_logprobs(ref, input_ids, attention_mask, completion_mask)
+        with torch.no_grad():
+            ref_logp, _ = sequence_logprobs(ref, input_ids, attention_mask, completion_mask)
         return sequence_logprobs(policy, input_ids, attention_mask, completion_mask)[0], ref_logp
     trunk, mask = trunk_states(policy, input_ids, attention_mask, first_layer), completion_mask * attention_mask
-    with torch.no_grad(): ref_logp = top_logprobs(ref, trunk, input_ids, mask, first_layer)
+    with torch.no_grad():
+        ref_logp = top_logprobs(ref, trunk, input_ids, mask, first_layer)
     return top_logprobs(policy, trunk, input_ids, mask, first_layer), ref_logp
 
 # %% ../nbs/06_log_derivative.ipynb #010e286d
 @dataclass
 class ReinforceSettings(TrainConfig):
     "Hyper-parameters of `train_reinforce`: `TrainConfig`'s (its batch is `prompts_per_step` × `samples_per_prompt`)."
+
     steps: int = 20  # policy updates
     lr: float = 5e-4  # AdamW learning rate for the trainable (LoRA) parameters
     prompts_per_step: int = 4  # distinct prompts per update, on each process
     samples_per_prompt: int = 4  # responses per prompt (the leave-one-out group)
     max_new_tokens: int = 16  # response length limit
     kl_coef: float = 0.05  # β: reward -= β · KL(π || π_ref); 0 = no penalty
-    shared_trunk: bool = True  # run the frozen layers below the adapters once for both models (checked, else two passes)
+    shared_trunk: bool = (
+        True  # run the frozen layers below the adapters once for both models (checked, else two passes)
+    )
     seed: int = 0  # seeds prompt choice and sampling
 
     def problems(self) -> list[str]:
-        return super().problems() + [msg for ok, msg in [
-            (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
-            (self.samples_per_prompt >= 2, f"samples_per_prompt must be >= 2 (leave-one-out), got {self.samples_per_prompt}"),
-            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-            (self.grad_accum_steps == 1, "REINFORCE samples a fresh batch every step: grad_accum_steps must be 1"),
-            (self.seed is not None, "REINFORCE needs an integer seed")] if not ok]
+        return super().problems() + [
+            msg
+            for ok, msg in [
+                (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
+                (
+                    self.samples_per_prompt >= 2,
+                    f"samples_per_prompt must be >= 2 (leave-one-out), got {self.samples_per_prompt}",
+                ),
+                (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+                (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+                (self.grad_accum_steps == 1, "REINFORCE samples a fresh batch every step: grad_accum_steps must be 1"),
+                (self.seed is not None, "REINFORCE needs an integer seed"),
+            ]
+            if not ok
+        ]
+
 
 def check_reference(policy, ref):
-    "Refuse a reference that is the policy, or shares its trainable weights: the KL would be 0 whatever the policy does."
-    if ref is None: raise ValueError("REINFORCE with a KL penalty needs a reference model (a frozen copy of the start)")
+    """Refuse a reference that is the policy, or shares its trainable weights: the KL would be 0 whatever the policy
+    does."""
+    if ref is None:
+        raise ValueError("REINFORCE with a KL penalty needs a reference model (a frozen copy of the start)")
     trained = {p.data_ptr() for p in policy.parameters() if p.requires_grad}
     if ref is policy or trained & {p.data_ptr() for p in ref.parameters()}:
-        raise ValueError("the reference model is the policy (or shares its trainable weights): KL(π || π_ref) would be 0 "
-                         "whatever the policy learns. Load a separate frozen copy of the starting model as the reference.")
+        raise ValueError(
+            "the reference model is the policy (or shares its trainable weights): KL(π || π_ref) would be 0 "
+            "whatever the policy learns. Load a separate frozen copy of the starting model as the reference."
+        )
 
 # %% ../nbs/06_log_derivative.ipynb #53c4902f
-def train_reinforce(policy, prompts:list[str], cfg:ReinforceSettings|None=None, tokenizer=None, reward_fn=None, ref=None,
-                    sample_fn=generate) -> list[dict]:
+def train_reinforce(
+    policy,
+    prompts: list[str],
+    cfg: ReinforceSettings | None = None,
+    tokenizer=None,
+    reward_fn=None,
+    ref=None,
+    sample_fn=generate,
+) -> list[dict]:
     "REINFORCE with a leave-one-out baseline and a KL penalty to `ref`; returns the history (reward, KL, lengths)."
     cfg = cfg or ReinforceSettings()
-    if tokenizer is None or reward_fn is None: raise ValueError("train_reinforce needs the tokenizer and a reward_fn")
+    if tokenizer is None or reward_fn is None:
+        raise ValueError("train_reinforce needs the tokenizer and a reward_fn")
     check_reference(policy, ref)
     params = trainable_parameters(policy)
     first_layer = shared_trunk_depth(policy, ref) if cfg.shared_trunk else None
@@ -187,14 +265,22 @@ def train_reinforce(policy, prompts:list[str], cfg:ReinforceSettings|None=None, 
         for step in tqdm(range(1, cfg.steps + 1), desc="REINFORCE", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
             # 1. sample k responses to each of this process's prompts (every process draws all, takes its share)
-            chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n:(rank + 1) * n].tolist()
+            chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n : (rank + 1) * n].tolist()
             enc = tokenizer([prompts[i] for i in chosen], return_tensors="pt", padding=True).to(device)
             policy.eval()
-            seqs = sample_fn(unwrap(policy), enc["input_ids"], enc["attention_mask"], do_sample=True, temperature=1.0,
-                             top_k=0, max_new_tokens=cfg.max_new_tokens, num_return_sequences=k,
-                             generator=sampling_generator(cfg.seed, step - 1, rank, device))
+            seqs = sample_fn(
+                unwrap(policy),
+                enc["input_ids"],
+                enc["attention_mask"],
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                max_new_tokens=cfg.max_new_tokens,
+                num_return_sequences=k,
+                generator=sampling_generator(cfg.seed, step - 1, rank, device),
+            )
             P = enc["input_ids"].shape[1]
-            gen_mask = response_mask(seqs[:, P:], [tokenizer.eos_token_id])   # (n·k, new tokens): up to the first EOS
+            gen_mask = response_mask(seqs[:, P:], [tokenizer.eos_token_id])  # (n·k, new tokens): up to the first EOS
             kept = seqs[:, P:] * gen_mask + tokenizer.pad_token_id * (1 - gen_mask)
             texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
             finished = (seqs[:, P:] == tokenizer.eos_token_id).any(1)
@@ -205,26 +291,52 @@ def train_reinforce(policy, prompts:list[str], cfg:ReinforceSettings|None=None, 
             comp = torch.cat([torch.zeros_like(enc["attention_mask"]).repeat_interleave(k, 0), gen_mask], 1)
             policy.train()
             logp_tok, ref_tok = wrapped(lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, comp, first_layer))
-            kl = kl_penalty(logp_tok.detach(), ref_tok, comp[:, 1:].float())          # (n·k,) nats per response
+            kl = kl_penalty(logp_tok.detach(), ref_tok, comp[:, 1:].float())  # (n·k,) nats per response
             shaped = (rewards - cfg.kl_coef * kl).view(n, k)
             advantages = (shaped - leave_one_out_baseline(shaped)).flatten()
             # 4. update: the score-function surrogate; DDP averages the processes' gradients
             loss = reinforce_loss(logp_tok.sum(-1), advantages)
-            stats = accelerator.reduce(torch.stack([loss.detach(), rewards.mean(), rewards.std(), kl.mean(),
-                                                    gen_mask.sum(1).float().mean(), (~finished).float().mean()]), "mean")
+            stats = accelerator.reduce(
+                torch.stack(
+                    [
+                        loss.detach(),
+                        rewards.mean(),
+                        rewards.std(),
+                        kl.mean(),
+                        gen_mask.sum(1).float().mean(),
+                        (~finished).float().mean(),
+                    ]
+                ),
+                "mean",
+            )
             check_finite(stats[0], step)
             accelerator.backward(loss)
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)
             tokens = int(accelerator.reduce(attn.sum(), "sum"))
             seen += tokens
-            history.append(log_row(step, 0.0, stats[0].item(), lr, grad_norm, seen, time.perf_counter() - t0, tokens,
-                                   reward=stats[1].item(), reward_std=stats[2].item(), kl=(stats[3] / stats[4]).item(),
-                                   kl_per_response=stats[3].item(), **{"completions/mean_length": stats[4].item(),
-                                                                       "completions/clipped_ratio": stats[5].item()}))
+            history.append(
+                log_row(
+                    step,
+                    0.0,
+                    stats[0].item(),
+                    lr,
+                    grad_norm,
+                    seen,
+                    time.perf_counter() - t0,
+                    tokens,
+                    reward=stats[1].item(),
+                    reward_std=stats[2].item(),
+                    kl=(stats[3] / stats[4]).item(),
+                    kl_per_response=stats[3].item(),
+                    **{"completions/mean_length": stats[4].item(), "completions/clipped_ratio": stats[5].item()},
+                )
+            )
     return history
 
 # %% ../nbs/06_log_derivative.ipynb #d3b0236a
-def clipped_surrogate(logp:torch.Tensor, old_logp:torch.Tensor, advantages:torch.Tensor, clip:float=0.2) -> torch.Tensor:
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
     "PPO's clipped objective as a loss: -mean(min(ρA, clip(ρ, 1-ε, 1+ε)A)) with ρ = exp(logp - old_logp)."
     ratio = (logp - old_logp.detach()).exp()
     a = advantages.detach()

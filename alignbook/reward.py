@@ -45,7 +45,9 @@ from alignbook.training import (
 )
 
 # %% ../nbs/04_reward_modeling.ipynb #89bc91ee
-def simulate_comparisons(strengths:torch.Tensor, n:int, generator:torch.Generator|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+def simulate_comparisons(
+    strengths: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     "`n` random pairs judged by Bradley–Terry with the given `strengths`: (winners, losers) item indices."
     i, j = torch.randint(0, len(strengths), (2, n), generator=generator)
     keep = i != j
@@ -53,62 +55,80 @@ def simulate_comparisons(strengths:torch.Tensor, n:int, generator:torch.Generato
     i_wins = torch.rand(len(i), generator=generator) < torch.sigmoid(strengths[i] - strengths[j])
     return torch.where(i_wins, i, j), torch.where(i_wins, j, i)
 
-def fit_bradley_terry(winners:torch.Tensor, losers:torch.Tensor, n_items:int, steps:int=500, lr:float=0.5) -> torch.Tensor:
+
+def fit_bradley_terry(
+    winners: torch.Tensor, losers: torch.Tensor, n_items: int, steps: int = 500, lr: float = 0.5
+) -> torch.Tensor:
     "Maximum-likelihood Bradley–Terry strengths by gradient descent on -log σ(s_w - s_l), centred to mean 0."
     s = torch.zeros(n_items, requires_grad=True)
     opt = torch.optim.Adam([s], lr=lr)
     for _ in range(steps):
         loss = -F.logsigmoid(s[winners] - s[losers]).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return (s - s.mean()).detach()
 
 # %% ../nbs/04_reward_modeling.ipynb #a2a74baa
-def pairwise_loss(r_chosen:torch.Tensor, r_rejected:torch.Tensor, margin:torch.Tensor|float|None=None,
-                  center_coef:float|None=None) -> torch.Tensor:
+def pairwise_loss(
+    r_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    margin: torch.Tensor | float | None = None,
+    center_coef: float | None = None,
+) -> torch.Tensor:
     "Bradley–Terry loss -log σ(r_c - r_r - margin), averaged, plus `center_coef` * mean((r_c + r_r)²) if given."
     diff = r_chosen - r_rejected - (0.0 if margin is None else margin)
     loss = -F.logsigmoid(diff).mean()
-    if center_coef is not None: loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    if center_coef is not None:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
     return loss
 
 # %% ../nbs/04_reward_modeling.ipynb #01b40f6b
-def pointwise_loss(rewards:torch.Tensor, labels:torch.Tensor, kind:str="bce") -> torch.Tensor:
+def pointwise_loss(rewards: torch.Tensor, labels: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     "Loss on independently labelled responses: 'bce' on 0/1 labels (reward = logit) or 'mse' on ratings."
-    if kind == "bce": return F.binary_cross_entropy_with_logits(rewards, labels.float())
-    if kind == "mse": return F.mse_loss(rewards, labels.float())
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(rewards, labels.float())
+    if kind == "mse":
+        return F.mse_loss(rewards, labels.float())
     raise ValueError(f"kind must be 'bce' or 'mse', got {kind!r}")
 
 # %% ../nbs/04_reward_modeling.ipynb #dc46b0c9
-def listwise_loss(rewards:torch.Tensor) -> torch.Tensor:
+def listwise_loss(rewards: torch.Tensor) -> torch.Tensor:
     "Plackett–Luce negative log-likelihood (ListMLE) of rankings; `rewards` is (batch, k), best response first."
-    tail_lse = rewards.flip(-1).logcumsumexp(-1).flip(-1)   # log Σ_{j ≥ i} exp(r_j)
+    tail_lse = rewards.flip(-1).logcumsumexp(-1).flip(-1)  # log Σ_{j ≥ i} exp(r_j)
     return -(rewards - tail_lse).sum(-1).mean()
 
 # %% ../nbs/04_reward_modeling.ipynb #bdca984a
-def load_reward_model(name=None, pad_token:str="<|endoftext|>", seed:int=0, **kwargs):
+def load_reward_model(name=None, pad_token: str = "<|endoftext|>", seed: int = 0, **kwargs):
     "A one-output reward model and its tokenizer, with a dedicated pad token (not EOS) so that EOS can be scored."
     tok = load_tokenizer(name, padding_side="right")
-    if pad_token not in tok.get_vocab(): raise ValueError(f"{pad_token!r} is not in the vocabulary; pass another pad_token")
+    if pad_token not in tok.get_vocab():
+        raise ValueError(f"{pad_token!r} is not in the vocabulary; pass another pad_token")
     tok.pad_token = pad_token
     model = load_model(name, kind="reward", seed=seed, pad_token_id=tok.pad_token_id, **kwargs)
     model.config.pad_token_id = tok.pad_token_id
     check_reward_model(model)
     return model, tok
 
+
 def check_reward_model(model):
     "Refuse a sequence classifier that is not a one-output reward model."
     n = getattr(model.config, "num_labels", None)
-    if n != 1: raise ValueError(f"a reward model has one output (num_labels=1); this one has {n}")
+    if n != 1:
+        raise ValueError(f"a reward model has one output (num_labels=1); this one has {n}")
 
 # %% ../nbs/04_reward_modeling.ipynb #404c6a12
-def last_token_index(attention_mask:torch.Tensor) -> torch.Tensor:
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     "Index of each row's last real token (rightmost 1 in the attention mask), for left or right padding."
     return attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)
 
-def reward_scores(model, input_ids:torch.Tensor, attention_mask:torch.Tensor) -> torch.Tensor:
+
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     "r(x, y) for each row: the score head on the hidden state at the last real token (found from the attention mask)."
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)      # left padding: positions count real tokens only
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    hidden = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state
     rows = torch.arange(len(hidden), device=hidden.device)
     return model.score(hidden[rows, last_token_index(attention_mask)]).squeeze(-1)
 
@@ -116,20 +136,26 @@ def reward_scores(model, input_ids:torch.Tensor, attention_mask:torch.Tensor) ->
 def _reply_text(reply) -> str:
     return reply if isinstance(reply, str) else " ".join(m.get("content") or "" for m in reply)
 
-def pair_ids(row:dict, tokenizer) -> tuple[list[int], list[int]]:
+
+def pair_ids(row: dict, tokenizer) -> tuple[list[int], list[int]]:
     "Token ids of the chosen and the rejected sequence of one preference row in any of TRL's formats."
     for k in ("prompt", "chosen", "rejected"):
         if k in row and not isinstance(row[k], (str, list)):
             raise TypeError(f"field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text or messages")
     prompt = row.get("prompt", "" if isinstance(row["chosen"], str) else [])
+
     def ids(reply):
-        if isinstance(reply, list): return chat_ids(tokenizer, prompt + reply)
+        if isinstance(reply, list):
+            return chat_ids(tokenizer, prompt + reply)
         text = prompt + reply
         return tokenizer(text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token)["input_ids"]
+
     return ids(row["chosen"]), ids(row["rejected"])
 
-def tokenize_pairs(rows, tokenizer, max_length:int|None=None, truncation:str="drop") -> list[dict]:
-    "Chosen and rejected token ids of preference rows in TRL's formats; degenerate and over-long pairs dropped and counted."
+
+def tokenize_pairs(rows, tokenizer, max_length: int | None = None, truncation: str = "drop") -> list[dict]:
+    """Chosen and rejected token ids of preference rows in TRL's formats; degenerate and over-long pairs dropped and
+    counted."""
     if truncation not in ("drop", "keep_start", "keep_end"):
         raise ValueError(f"truncation must be 'drop', 'keep_start' or 'keep_end', got {truncation!r}")
     kept, dropped = [], Counter()
@@ -140,8 +166,10 @@ def tokenize_pairs(rows, tokenizer, max_length:int|None=None, truncation:str="dr
         if r["chosen"] == r["rejected"]:
             dropped["chosen == rejected"] += 1
             continue
-        try: c, j = pair_ids(r, tokenizer)
-        except TypeError as e: raise TypeError(f"row {i}: {e}") from None
+        try:
+            c, j = pair_ids(r, tokenizer)
+        except TypeError as e:
+            raise TypeError(f"row {i}: {e}") from None
         if max_length is not None and max(len(c), len(j)) > max_length:
             if truncation == "drop":
                 dropped[f"longer than {max_length} tokens"] += 1
@@ -149,101 +177,150 @@ def tokenize_pairs(rows, tokenizer, max_length:int|None=None, truncation:str="dr
             cut = slice(None, max_length) if truncation == "keep_start" else slice(-max_length, None)
             c, j = c[cut], j[cut]
         kept.append(dict(chosen_ids=c, rejected_ids=j))
-    if dropped: warnings.warn(f"tokenize_pairs: dropped {dropped.total()} of {dropped.total() + len(kept)} pairs: " +
-                              ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=2)
+    if dropped:
+        warnings.warn(
+            f"tokenize_pairs: dropped {dropped.total()} of {dropped.total() + len(kept)} pairs: "
+            + ", ".join(f"{n} {why}" for why, n in dropped.most_common()),
+            stacklevel=2,
+        )
     return kept
 
-def collate_pairs(rows:list[dict], pad_token_id:int) -> dict:
+
+def collate_pairs(rows: list[dict], pad_token_id: int) -> dict:
     "One right-padded batch: the chosen sequences, then the rejected ones (TRL's layout)."
     seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
     n = max(map(len, seqs))
-    return dict(input_ids=torch.tensor([s + [pad_token_id] * (n - len(s)) for s in seqs]),
-                attention_mask=torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs]))
+    return dict(
+        input_ids=torch.tensor([s + [pad_token_id] * (n - len(s)) for s in seqs]),
+        attention_mask=torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs]),
+    )
 
 # %% ../nbs/04_reward_modeling.ipynb #283077f2
-def win_rate(chosen:torch.Tensor, rejected:torch.Tensor, z:float=1.96) -> tuple[float, float, float]:
+def win_rate(chosen: torch.Tensor, rejected: torch.Tensor, z: float = 1.96) -> tuple[float, float, float]:
     "Fraction of pairs with reward(chosen) > reward(rejected) (ties count ½), with its Wilson confidence interval."
     bad = torch.where(chosen.isnan() | rejected.isnan())[0].tolist()
-    if bad: raise ValueError(f"win_rate: NaN scores at pairs {bad[:5]} ({len(bad)} in all): a NaN is neither a win nor a loss")
+    if bad:
+        raise ValueError(
+            f"win_rate: NaN scores at pairs {bad[:5]} ({len(bad)} in all): a NaN is neither a win nor a loss"
+        )
     wins = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
     n, p = len(wins), wins.mean().item()
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
     return p, centre - half, centre + half
 
 # %% ../nbs/04_reward_modeling.ipynb #66cf6298
 def _check_llama_layout(model):
     if decoder_layout(model)[0] != "model.layers" or not hasattr(model.model, "rotary_emb"):
-        raise NotImplementedError(f"{type(model).__name__}: cached features need a Llama-style model (Llama, Qwen2, "
-                                  "Mistral: model.layers with rotary embeddings); train it on token pairs instead")
+        raise NotImplementedError(
+            f"{type(model).__name__}: cached features need a Llama-style model (Llama, Qwen2, "
+            "Mistral: model.layers with rotary embeddings); train it on token pairs instead"
+        )
+
 
 @torch.no_grad()
-def cache_features(model, pairs:list[dict], top_k:int, pad_token_id:int, batch_size:int=8) -> list[dict]:
-    "Hidden states at the input of the last `top_k` layers for each pair's two sequences, computed once (frozen layers)."
+def cache_features(model, pairs: list[dict], top_k: int, pad_token_id: int, batch_size: int = 8) -> list[dict]:
+    """Hidden states at the input of the last `top_k` layers for each pair's two sequences, computed once (frozen
+    layers)."""
     _check_llama_layout(model)
     layer, out = model.config.num_hidden_layers - top_k, []
     for i in tqdm(range(0, len(pairs), batch_size), desc="caching features"):
-        chunk = pairs[i:i + batch_size]
+        chunk = pairs[i : i + batch_size]
         b = collate_pairs(chunk, pad_token_id)
         h = model.model(**{k: v.to(model.device) for k, v in b.items()}, output_hidden_states=True).hidden_states[layer]
         n = len(chunk)
         for j, r in enumerate(chunk):
-            out.append(dict(chosen=h[j, :len(r["chosen_ids"])].cpu(), rejected=h[n + j, :len(r["rejected_ids"])].cpu(),
-                            layer=layer))
+            out.append(
+                dict(
+                    chosen=h[j, : len(r["chosen_ids"])].cpu(),
+                    rejected=h[n + j, : len(r["rejected_ids"])].cpu(),
+                    layer=layer,
+                )
+            )
     return out
 
-def scores_from_features(model, feats:list[dict], top_k:int) -> tuple[torch.Tensor, torch.Tensor]:
+
+def scores_from_features(model, feats: list[dict], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     "Rewards of chosen and rejected from cached hidden states: the top `top_k` layers, final norm and score head."
     layer = model.config.num_hidden_layers - top_k
     if any(f.get("layer", layer) != layer for f in feats):
-        raise ValueError(f"these features were cached at layer {feats[0].get('layer')}, but top_k={top_k} starts at layer "
-                         f"{layer}: cache them again with the same top_k")
+        raise ValueError(
+            f"these features were cached at layer {feats[0].get('layer')}, but top_k={top_k} starts at layer "
+            f"{layer}: cache them again with the same top_k"
+        )
     seqs = [f["chosen"] for f in feats] + [f["rejected"] for f in feats]
     lengths = torch.tensor([len(s) for s in seqs], device=model.device)
-    h = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(model.device)     # right padding
+    h = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(model.device)  # right padding
     pos = torch.arange(h.shape[1], device=h.device)[None].expand(len(seqs), -1)
     rope = model.model.rotary_emb(h, pos)
     for block in model.model.layers[layer:]:
-        h = block(h, attention_mask=None, position_embeddings=rope, position_ids=pos)  # causal: padding follows real tokens
+        h = block(
+            h, attention_mask=None, position_embeddings=rope, position_ids=pos
+        )  # causal: padding follows real tokens
     h = model.model.norm(h)
     r = model.score(h[torch.arange(len(seqs), device=h.device), lengths - 1]).squeeze(-1)
-    return r[:len(feats)], r[len(feats):]
+    return r[: len(feats)], r[len(feats) :]
 
 # %% ../nbs/04_reward_modeling.ipynb #460fadb0
 @dataclass
 class RewardSettings(TrainConfig):
     "Hyper-parameters of `train_reward`: `TrainConfig`'s, with the reward model's defaults and loss options."
+
     steps: int = 150  # optimizer steps
-    margin: float|None = None  # optional margin in the pairwise loss
-    center_coef: float|None = None  # optional reward-centering coefficient
+    margin: float | None = None  # optional margin in the pairwise loss
+    center_coef: float | None = None  # optional reward-centering coefficient
     top_k: int = 2  # decoder layers trained on top of cached features (must match `cache_features`)
 
-def _check_features(model, feats:list[dict], top_k:int):
-    "Refuse non-finite features, and trainable weights below the cached layer (they would get no gradient)."
-    bad = [i for i, f in enumerate(feats) if not (torch.isfinite(f["chosen"]).all() and torch.isfinite(f["rejected"]).all())]
-    if bad: raise ValueError(f"features of pairs {bad[:5]} are NaN or inf ({len(bad)} pairs): fix or drop them")
-    layer = model.config.num_hidden_layers - top_k
-    below = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("score.")
-             and not any(n.startswith(f"model.layers.{i}.") or n.startswith("model.norm.")
-                         for i in range(layer, model.config.num_hidden_layers))]
-    if below: raise ValueError(f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from cached "
-                               f"features: freeze them, or raise top_k")
 
-def pair_scores(model, batch:list[dict], top_k:int, pad_token_id:int|None) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_features(model, feats: list[dict], top_k: int):
+    "Refuse non-finite features, and trainable weights below the cached layer (they would get no gradient)."
+    bad = [
+        i
+        for i, f in enumerate(feats)
+        if not (torch.isfinite(f["chosen"]).all() and torch.isfinite(f["rejected"]).all())
+    ]
+    if bad:
+        raise ValueError(f"features of pairs {bad[:5]} are NaN or inf ({len(bad)} pairs): fix or drop them")
+    layer = model.config.num_hidden_layers - top_k
+    below = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and not n.startswith("score.")
+        and not any(
+            n.startswith(f"model.layers.{i}.") or n.startswith("model.norm.")
+            for i in range(layer, model.config.num_hidden_layers)
+        )
+    ]
+    if below:
+        raise ValueError(
+            f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from cached "
+            f"features: freeze them, or raise top_k"
+        )
+
+
+def pair_scores(model, batch: list[dict], top_k: int, pad_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     "Rewards of a batch of cached features or of token pairs."
-    if "chosen" in batch[0]: return scores_from_features(model, batch, top_k)
+    if "chosen" in batch[0]:
+        return scores_from_features(model, batch, top_k)
     b = {k: v.to(model.device) for k, v in collate_pairs(batch, pad_token_id).items()}
     r = reward_scores(model, **b)
-    return r[:len(batch)], r[len(batch):]
+    return r[: len(batch)], r[len(batch) :]
 
 # %% ../nbs/04_reward_modeling.ipynb #b23c3e18
-def train_reward(model, data, cfg:RewardSettings|None=None, tokenizer=None) -> list[dict]:
-    "Train the reward model's trainable weights with the pairwise loss on cached features, token pairs or preference rows."
+def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None) -> list[dict]:
+    """Train the reward model's trainable weights with the pairwise loss on cached features, token pairs or preference
+    rows."""
     cfg = cfg or RewardSettings()
-    if data and "chosen_ids" not in data[0] and "layer" not in data[0]:   # preference rows: tokenize them
-        if tokenizer is None: raise ValueError("preference rows need the tokenizer; or pass tokenized pairs or features")
+    if data and "chosen_ids" not in data[0] and "layer" not in data[0]:  # preference rows: tokenize them
+        if tokenizer is None:
+            raise ValueError("preference rows need the tokenizer; or pass tokenized pairs or features")
         data = tokenize_pairs(data, tokenizer)
     features = bool(data) and "layer" in data[0]
-    if features: _check_features(model, data, cfg.top_k)
+    if features:
+        _check_features(model, data, cfg.top_k)
     pad = None if features else (tokenizer.pad_token_id if tokenizer is not None else model.config.pad_token_id)
     check_reward_model(model)
     params = trainable_parameters(model)
@@ -251,11 +328,11 @@ def train_reward(model, data, cfg:RewardSettings|None=None, tokenizer=None) -> l
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     opt, sched = make_optimizer(params, cfg)
     order, history, seen = order_for(len(data), cfg.seed), [], 0
-    n_pairs = cfg.batch_size * world * cfg.grad_accum_steps          # pairs per optimizer step, every process
+    n_pairs = cfg.batch_size * world * cfg.grad_accum_steps  # pairs per optimizer step, every process
     with training_mode(model):
         for step in tqdm(range(1, cfg.steps + 1), desc="reward model", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
-            micro = rows_for_step(order, step, cfg, rank, world)   # 1. this process's pairs
+            micro = rows_for_step(order, step, cfg, rank, world)  # 1. this process's pairs
             totals = torch.zeros(5, device=device)  # loss sum, wins, margin sum, reward sum, tokens
             for m, idx in enumerate(micro):
                 batch = [data[i] for i in idx]
@@ -264,24 +341,50 @@ def train_reward(model, data, cfg:RewardSettings|None=None, tokenizer=None) -> l
                     # 2. score both replies, Bradley-Terry loss summed over the pairs
                     rc, rr = wrapped(pair_scores, batch, cfg.top_k, pad)
                     loss_sum = pairwise_loss(rc.float(), rr.float(), cfg.margin, cfg.center_coef) * len(batch)
-                    tokens = sum(len(b["chosen" if features else "chosen_ids"]) +
-                                 len(b["rejected" if features else "rejected_ids"]) for b in batch)
-                    sums = accelerator.reduce(torch.stack([loss_sum.detach(), (rc > rr).sum().float(),
-                                                           (rc - rr).sum().detach(), (rc + rr).sum().detach() / 2,
-                                                           torch.tensor(float(tokens), device=device)]), "sum")
+                    tokens = sum(
+                        len(b["chosen" if features else "chosen_ids"])
+                        + len(b["rejected" if features else "rejected_ids"])
+                        for b in batch
+                    )
+                    sums = accelerator.reduce(
+                        torch.stack(
+                            [
+                                loss_sum.detach(),
+                                (rc > rr).sum().float(),
+                                (rc - rr).sum().detach(),
+                                (rc + rr).sum().detach() / 2,
+                                torch.tensor(float(tokens), device=device),
+                            ]
+                        ),
+                        "sum",
+                    )
                     check_finite(sums[0], step)
-                    accelerator.backward(loss_sum * world / n_pairs)   # DDP averages over processes: the global mean
+                    accelerator.backward(loss_sum * world / n_pairs)  # DDP averages over processes: the global mean
                 totals += sums
-            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)   # 3. update
-            seen += int(totals[4])                                                   # 4. log
-            history.append(log_row(step, step * n_pairs / len(data), totals[0].item() / n_pairs, lr, grad_norm, seen,
-                                   time.perf_counter() - t0, int(totals[4]), accuracy=totals[1].item() / n_pairs,
-                                   margin=totals[2].item() / n_pairs, mean_reward=totals[3].item() / n_pairs))
+            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)  # 3. update
+            seen += int(totals[4])  # 4. log
+            history.append(
+                log_row(
+                    step,
+                    step * n_pairs / len(data),
+                    totals[0].item() / n_pairs,
+                    lr,
+                    grad_norm,
+                    seen,
+                    time.perf_counter() - t0,
+                    int(totals[4]),
+                    accuracy=totals[1].item() / n_pairs,
+                    margin=totals[2].item() / n_pairs,
+                    mean_reward=totals[3].item() / n_pairs,
+                )
+            )
     return history
 
 # %% ../nbs/04_reward_modeling.ipynb #7b4bc5d8
-REWARD_RECIPE = dict(subset="helpful-base", test_size=0.2, max_length=128, n_pairs=400, top_k=2, steps=150, batch_size=8,
-                     lr=1e-4, seed=0)  # chapter 4's reward model: hh-rlhf pairs, top 2 layers and the head on cached features
+REWARD_RECIPE = dict(
+    subset="helpful-base", test_size=0.2, max_length=128, n_pairs=400, top_k=2, steps=150, batch_size=8, lr=1e-4, seed=0
+)  # chapter 4's reward model: hh-rlhf pairs, top 2 layers and the head on cached features
+
 
 def _model_identity(name) -> str:
     "What identifies the base weights: the folder or hub id, and for a converted folder what it was converted from."
@@ -289,66 +392,106 @@ def _model_identity(name) -> str:
     mark = path / CACHE_MARK
     return f"{path.name if mark.exists() else path}|{mark.read_text() if mark.exists() else ''}"
 
-def _recipe_pairs(recipe:dict, tokenizer, first_pair:int) -> tuple[list[dict], list[dict]]:
-    "`n_pairs` training pairs from position `first_pair` of one fixed shuffle of the train split, and the held-out pairs."
+
+def _recipe_pairs(recipe: dict, tokenizer, first_pair: int) -> tuple[list[dict], list[dict]]:
+    """`n_pairs` training pairs from position `first_pair` of one fixed shuffle of the train split, and the held-out
+    pairs."""
     hh = split_by_key(load_hh_rlhf(recipe["subset"]), test_size=recipe["test_size"])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # the over-long pairs dropped here are counted in chapter 4
+        warnings.simplefilter("ignore")  # the over-long pairs dropped here are counted in chapter 4
         train = tokenize_pairs(hh["train"], tokenizer, max_length=recipe["max_length"])
         test = tokenize_pairs(hh["test"], tokenizer, max_length=recipe["max_length"])
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(recipe["seed"])).tolist()
     end = first_pair + recipe["n_pairs"]
     if first_pair < 0 or end > len(train):
-        raise ValueError(f"pairs {first_pair}..{end - 1} of the shuffle are asked for; the train split has {len(train)} pairs")
+        raise ValueError(
+            f"pairs {first_pair}..{end - 1} of the shuffle are asked for; the train split has {len(train)} pairs"
+        )
     return [train[i] for i in order[first_pair:end]], test
 
-def course_reward_model(first_pair:int=0, # where its pairs start in the shuffled train split (a judge: after the reward model's)
-                        name=None, # base model (None: the offline SmolLM2)
-                        **changes, # overrides of REWARD_RECIPE
-                       ) -> tuple:
-    "Chapter 4's reward model (model, tokenizer, report), trained once and cached, fingerprinted by base model, pairs and recipe."
+
+def course_reward_model(
+    first_pair: int = 0,  # where its pairs start in the shuffled train split (a judge: after the reward model's)
+    name=None,  # base model (None: the offline SmolLM2)
+    **changes,  # overrides of REWARD_RECIPE
+) -> tuple:
+    """Chapter 4's reward model (model, tokenizer, report), trained once and cached, fingerprinted by base model, pairs
+    and recipe."""
     recipe = {**REWARD_RECIPE, **changes}
-    if unknown := set(changes) - set(REWARD_RECIPE): raise TypeError(f"unknown recipe settings {sorted(unknown)}")
+    if unknown := set(changes) - set(REWARD_RECIPE):
+        raise TypeError(f"unknown recipe settings {sorted(unknown)}")
     model, tok = load_reward_model(name)
     pairs, test = _recipe_pairs(recipe, tok, first_pair)
-    blob = json.dumps(dict(recipe=recipe, model=_model_identity(name), pairs=[(p["chosen_ids"], p["rejected_ids"]) for p in pairs]))
+    blob = json.dumps(
+        dict(recipe=recipe, model=_model_identity(name), pairs=[(p["chosen_ids"], p["rejected_ids"]) for p in pairs])
+    )
     folder = cache_dir() / "reward_models" / hashlib.sha256(blob.encode()).hexdigest()[:16]
     train_only(model, top_layers(model, recipe["top_k"]) + ["score."])
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):           # one process trains; the others wait, then load
+    with FileLock(str(folder) + ".lock"):  # one process trains; the others wait, then load
         if (folder / CACHE_MARK).exists():
             trained = load_file(folder / "trained.safetensors")
             missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(trained)
-            if missing: raise ValueError(f"the cached reward model in {folder} lacks {sorted(missing)[:3]}: delete the folder")
+            if missing:
+                raise ValueError(f"the cached reward model in {folder} lacks {sorted(missing)[:3]}: delete the folder")
             model.load_state_dict(trained, strict=False)
             return model, tok, json.loads((folder / CACHE_MARK).read_text())
         t0 = time.perf_counter()
         feats = cache_features(model, pairs, recipe["top_k"], tok.pad_token_id)
-        history = train_reward(model, feats, RewardSettings(steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                                                            top_k=recipe["top_k"], seed=recipe["seed"]))
+        history = train_reward(
+            model,
+            feats,
+            RewardSettings(
+                steps=recipe["steps"],
+                batch_size=recipe["batch_size"],
+                lr=recipe["lr"],
+                top_k=recipe["top_k"],
+                seed=recipe["seed"],
+            ),
+        )
         test_feats = cache_features(model, test, recipe["top_k"], tok.pad_token_id)
         with torch.no_grad():
-            held_out = [scores_from_features(model, test_feats[i:i + 16], recipe["top_k"]) for i in range(0, len(test), 16)]
+            held_out = [
+                scores_from_features(model, test_feats[i : i + 16], recipe["top_k"]) for i in range(0, len(test), 16)
+            ]
         rc, rr = (torch.cat(x) for x in zip(*held_out))
-        report = dict(recipe=recipe, first_pair=first_pair, pairs=len(pairs), held_out_pairs=len(test), losses=[h["loss"] for h in history],
-                      held_out_win_rate=win_rate(rc, rr), minutes=(time.perf_counter() - t0) / 60)
+        report = dict(
+            recipe=recipe,
+            first_pair=first_pair,
+            pairs=len(pairs),
+            held_out_pairs=len(test),
+            losses=[h["loss"] for h in history],
+            held_out_win_rate=win_rate(rc, rr),
+            minutes=(time.perf_counter() - t0) / 60,
+        )
         tmp = Path(tempfile.mkdtemp(dir=folder.parent))
-        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp / "trained.safetensors")
-        (tmp / CACHE_MARK).write_text(json.dumps(report))   # written last: the folder is complete
+        save_file(
+            {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+            tmp / "trained.safetensors",
+        )
+        (tmp / CACHE_MARK).write_text(json.dumps(report))  # written last: the folder is complete
         tmp.rename(folder)
     return model, tok, report
 
 # %% ../nbs/04_reward_modeling.ipynb #fd635483
-def pair_outcomes(chosen:torch.Tensor, rejected:torch.Tensor) -> torch.Tensor:
+def pair_outcomes(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     "Per pair: 1 where chosen scores higher, ½ on a tie, 0 otherwise (the terms `win_rate` averages)."
     return (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
 
-def paired_accuracy(a:torch.Tensor, b:torch.Tensor, z:float=1.96) -> dict:
-    "Judges a and b on the same pairs (`pair_outcomes`): accuracy difference a - b, its 95 % half-width, the exact sign test."
-    if a.shape != b.shape: raise ValueError(f"paired outcomes must match pair for pair, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+def paired_accuracy(a: torch.Tensor, b: torch.Tensor, z: float = 1.96) -> dict:
+    """Judges a and b on the same pairs (`pair_outcomes`): accuracy difference a - b, its 95 % half-width, the exact
+    sign test."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes must match pair for pair, got {tuple(a.shape)} and {tuple(b.shape)}")
     d = (a - b).double()
     a_better, b_better = int((d > 0).sum()), int((d < 0).sum())
     n, k = a_better + b_better, min(a_better, b_better)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0   # two-sided, fair coin
-    return dict(difference=d.mean().item(), half_width=z * d.std().item() / math.sqrt(len(d)), a_better=a_better,
-                b_better=b_better, p_value=p)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0  # two-sided, fair coin
+    return dict(
+        difference=d.mean().item(),
+        half_width=z * d.std().item() / math.sqrt(len(d)),
+        a_better=a_better,
+        b_better=b_better,
+        p_value=p,
+    )

@@ -18,56 +18,72 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 # %% ../nbs/02_sampling.ipynb #ce7017bd
-def apply_temperature(logits:torch.Tensor, temperature:float) -> torch.Tensor:
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     "Divide the logits by `temperature` (> 0): below 1 sharpens the distribution, above 1 flattens it."
-    if not temperature > 0: raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature}")
     return logits / temperature
 
 # %% ../nbs/02_sampling.ipynb #42e850f9
-def top_k_filter(logits:torch.Tensor, top_k:int, min_tokens_to_keep:int=1) -> torch.Tensor:
+def top_k_filter(logits: torch.Tensor, top_k: int, min_tokens_to_keep: int = 1) -> torch.Tensor:
     "Remove every token whose logit is below the `top_k`-th largest (ties with it are kept); 0 disables."
-    if top_k < 0: raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
-    if top_k == 0: return logits
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    if top_k == 0:
+        return logits
     k = min(max(top_k, min_tokens_to_keep), logits.shape[-1])
     kth_largest = logits.topk(k).values[..., -1:]
     return logits.masked_fill(logits < kth_largest, -math.inf)
 
 # %% ../nbs/02_sampling.ipynb #77dc382d
-def top_p_filter(logits:torch.Tensor, top_p:float, min_tokens_to_keep:int=1) -> torch.Tensor:
+def top_p_filter(logits: torch.Tensor, top_p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
     "Keep the most likely tokens whose probabilities first reach `top_p` (the crossing token included); 1 disables."
-    if not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_p == 1: return logits
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p == 1:
+        return logits
     ascending, order = logits.sort(descending=False)
-    mass_below = ascending.softmax(-1).cumsum(-1)        # probability of this token and all less likely ones
+    mass_below = ascending.softmax(-1).cumsum(-1)  # probability of this token and all less likely ones
     remove_sorted = mass_below <= 1 - top_p
-    remove_sorted[..., -min_tokens_to_keep:] = False     # always keep the most likely token(s)
+    remove_sorted[..., -min_tokens_to_keep:] = False  # always keep the most likely token(s)
     remove = remove_sorted.scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, -math.inf)
 
 # %% ../nbs/02_sampling.ipynb #ee04d70c
-def apply_repetition_penalty(logits:torch.Tensor, input_ids:torch.Tensor, penalty:float,
-                             attention_mask:torch.Tensor|None=None) -> torch.Tensor:
-    "Make every token already in `input_ids` (padding excluded) less likely: positive logits / penalty, negative * penalty."
-    if not penalty > 0: raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
-    if penalty == 1: return logits
+def apply_repetition_penalty(
+    logits: torch.Tensor, input_ids: torch.Tensor, penalty: float, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Make every token already in `input_ids` (padding excluded) less likely: positive logits / penalty, negative *
+    penalty."""
+    if not penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
+    if penalty == 1:
+        return logits
     ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, logits.shape[-1])
     seen = torch.zeros(logits.shape[0], logits.shape[-1] + 1, dtype=torch.bool, device=logits.device)
     seen = seen.scatter(1, ids, True)[:, :-1]  # padding was sent to an extra column, dropped here
     return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 # %% ../nbs/02_sampling.ipynb #24b564d5
-def suppress_stop_tokens(logits:torch.Tensor, stop_ids:list[int], n_generated:int, min_new_tokens:int) -> torch.Tensor:
+def suppress_stop_tokens(
+    logits: torch.Tensor, stop_ids: list[int], n_generated: int, min_new_tokens: int
+) -> torch.Tensor:
     "Forbid the stop tokens while fewer than `min_new_tokens` tokens have been generated."
-    if n_generated >= min_new_tokens or not stop_ids: return logits
-    logits = logits.clone(); logits[..., stop_ids] = -math.inf
+    if n_generated >= min_new_tokens or not stop_ids:
+        return logits
+    logits = logits.clone()
+    logits[..., stop_ids] = -math.inf
     return logits
 
 # %% ../nbs/02_sampling.ipynb #8690e51b
 @dataclass
 class GenerationSettings:
     "How to decode: transformers' names and meanings; checked when created."
-    max_new_tokens: int|None = None  # stop after this many new tokens (None: from max_length, else 20, as transformers)
-    max_length: int|None = None  # prompt + new tokens, used when max_new_tokens is None (transformers' older knob)
+
+    max_new_tokens: int | None = (
+        None  # stop after this many new tokens (None: from max_length, else 20, as transformers)
+    )
+    max_length: int | None = None  # prompt + new tokens, used when max_new_tokens is None (transformers' older knob)
     min_new_tokens: int = 0  # stop tokens are forbidden before this many new tokens
     do_sample: bool = False  # sample from the distribution (True) or take the most likely token (False)
     temperature: float = 1.0  # divide the logits by this (sampling only)
@@ -76,140 +92,210 @@ class GenerationSettings:
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the sequence, 1 = off
     num_beams: int = 1  # >1: beam search with this many beams
     length_penalty: float = 1.0  # beam search: a finished beam's score is sum log p / length ** length_penalty
-    early_stopping: bool|str = False  # beam search: True, False (heuristic) or "never"
+    early_stopping: bool | str = False  # beam search: True, False (heuristic) or "never"
     num_return_sequences: int = 1  # sequences returned per prompt
-    eos_token_id: int|list[int]|None = None  # stop token(s); default: the model's
-    pad_token_id: int|None = None  # fills finished rows; default: the model's, else the first stop token
+    eos_token_id: int | list[int] | None = None  # stop token(s); default: the model's
+    pad_token_id: int | None = None  # fills finished rows; default: the model's, else the first stop token
 
     def __post_init__(self):
         n = self.max_new_tokens
-        checks = [(n is None or n >= 1, "max_new_tokens must be >= 1"), (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
-                  (n is None or self.min_new_tokens <= n, "min_new_tokens must be <= max_new_tokens"),
-                  (self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)"),
-                  (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"), (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0"), (self.num_beams >= 1, "num_beams must be >= 1"),
-                  (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
-                  (self.num_beams == 1 or self.num_return_sequences <= self.num_beams, "num_return_sequences must be <= num_beams"),
-                  (self.num_beams == 1 or not self.do_sample, "beam search here is deterministic: use do_sample=False with num_beams > 1"),
-                  (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'")]
+        checks = [
+            (n is None or n >= 1, "max_new_tokens must be >= 1"),
+            (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
+            (n is None or self.min_new_tokens <= n, "min_new_tokens must be <= max_new_tokens"),
+            (self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.num_beams >= 1, "num_beams must be >= 1"),
+            (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
+            (
+                self.num_beams == 1 or self.num_return_sequences <= self.num_beams,
+                "num_return_sequences must be <= num_beams",
+            ),
+            (
+                self.num_beams == 1 or not self.do_sample,
+                "beam search here is deterministic: use do_sample=False with num_beams > 1",
+            ),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+        ]
         for ok, msg in checks:
-            if not ok: raise ValueError(f"{msg} (got {self})")
+            if not ok:
+                raise ValueError(f"{msg} (got {self})")
 
     @property
     def stop_ids(self) -> list[int]:
-        return [] if self.eos_token_id is None else [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+        return (
+            []
+            if self.eos_token_id is None
+            else [self.eos_token_id]
+            if isinstance(self.eos_token_id, int)
+            else list(self.eos_token_id)
+        )
 
 # %% ../nbs/02_sampling.ipynb #4f910e29
-def process_logits(logits:torch.Tensor, input_ids:torch.Tensor, attention_mask:torch.Tensor|None,
-                   n_generated:int, s:GenerationSettings) -> torch.Tensor:
+def process_logits(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    n_generated: int,
+    s: GenerationSettings,
+) -> torch.Tensor:
     "Apply the settings' transforms to next-token logits, in transformers' order."
     logits = apply_repetition_penalty(logits, input_ids, s.repetition_penalty, attention_mask)
     logits = suppress_stop_tokens(logits, s.stop_ids, n_generated, s.min_new_tokens)
     if s.do_sample:
-        if s.temperature != 1: logits = apply_temperature(logits, s.temperature)
+        if s.temperature != 1:
+            logits = apply_temperature(logits, s.temperature)
         logits = top_p_filter(top_k_filter(logits, s.top_k), s.top_p)
     return logits
 
 # %% ../nbs/02_sampling.ipynb #c6f8de87
 DEFAULT_NEW_TOKENS = 20  # transformers' default when neither max_new_tokens nor max_length is set
 
-def _with_length(s:GenerationSettings, prompt_length:int) -> GenerationSettings:
+
+def _with_length(s: GenerationSettings, prompt_length: int) -> GenerationSettings:
     "Settings whose `max_new_tokens` is set: given, else `max_length` minus the prompt, else 20 (as `generate`)."
-    if s.max_new_tokens is not None: return s
+    if s.max_new_tokens is not None:
+        return s
     n = s.max_length - prompt_length if s.max_length is not None else DEFAULT_NEW_TOKENS
-    if n < 1: raise ValueError(f"max_length={s.max_length} leaves no room after a {prompt_length}-token prompt; "
-                               "set max_new_tokens")
+    if n < 1:
+        raise ValueError(
+            f"max_length={s.max_length} leaves no room after a {prompt_length}-token prompt; set max_new_tokens"
+        )
     return replace(s, max_new_tokens=n)
 
-def _settings(model, settings:GenerationSettings|None, overrides:dict, prompt_length:int) -> GenerationSettings:
-    "`settings` (default: the model's generation config over transformers' defaults) with `overrides` and stop/pad tokens."
+
+def _settings(model, settings: GenerationSettings | None, overrides: dict, prompt_length: int) -> GenerationSettings:
+    """`settings` (default: the model's generation config over transformers' defaults) with `overrides` and stop/pad
+    tokens."""
     gc = model.generation_config
     if settings is None:  # as in `generate`: what the model's generation config sets replaces the library defaults
-        settings = GenerationSettings(**{f.name: getattr(gc, f.name) for f in fields(GenerationSettings)
-                                         if f.name not in overrides and getattr(gc, f.name, None) is not None})
+        settings = GenerationSettings(
+            **{
+                f.name: getattr(gc, f.name)
+                for f in fields(GenerationSettings)
+                if f.name not in overrides and getattr(gc, f.name, None) is not None
+            }
+        )
     s = replace(settings, **overrides)
     s = _with_length(s, prompt_length)
-    if s.eos_token_id is None: s = replace(s, eos_token_id=gc.eos_token_id)
-    if s.pad_token_id is None: s = replace(s, pad_token_id=gc.pad_token_id if gc.pad_token_id is not None else (s.stop_ids or [0])[0])
+    if s.eos_token_id is None:
+        s = replace(s, eos_token_id=gc.eos_token_id)
+    if s.pad_token_id is None:
+        s = replace(s, pad_token_id=gc.pad_token_id if gc.pad_token_id is not None else (s.stop_ids or [0])[0])
     return s
+
 
 def _forward(model, ids, attention_mask, cache):
     "One cached forward step: logits (float32) of the last position only."
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # renamed in 5.x
-    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
-                **{cache_arg: cache})
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+    cache_arg = (
+        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    )  # renamed in 5.x
+    out = model(
+        input_ids=ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_arg: cache},
+    )
     return out.logits[:, -1].float()
 
 # %% ../nbs/02_sampling.ipynb #4e31e58a
 @torch.no_grad()
-def generate(model, input_ids:torch.Tensor, # (batch, prompt length), left-padded
-             attention_mask:torch.Tensor|None=None, # 1 = real token; default: all ones
-             settings:GenerationSettings|None=None, # decoding settings; keyword arguments override them
-             generator:torch.Generator|None=None, # random source for sampling (default: torch's global one)
-             streamer=None, # gets the tokens as they come: transformers' streamer protocol (`put`, then `end`), batch 1
-             **overrides) -> torch.Tensor: # (batch * num_return_sequences, prompt + new tokens)
+def generate(
+    model,
+    input_ids: torch.Tensor,  # (batch, prompt length), left-padded
+    attention_mask: torch.Tensor | None = None,  # 1 = real token; default: all ones
+    settings: GenerationSettings | None = None,  # decoding settings; keyword arguments override them
+    generator: torch.Generator | None = None,  # random source for sampling (default: torch's global one)
+    streamer=None,  # gets the tokens as they come: transformers' streamer protocol (`put`, then `end`), batch 1
+    **overrides,
+) -> torch.Tensor:  # (batch * num_return_sequences, prompt + new tokens)
     "Decode greedily or by sampling (or by beam search if `num_beams` > 1), with a KV cache."
     s = _settings(model, settings, overrides, input_ids.shape[1])
     if streamer is not None and (input_ids.shape[0] * s.num_return_sequences != 1 or s.num_beams > 1):
         raise ValueError("a streamer shows one sequence: use batch 1, num_return_sequences=1 and no beam search")
-    if s.num_beams > 1: return beam_search(model, input_ids, attention_mask, s)
-    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-    if attention_mask[:, -1].eq(0).any(): raise ValueError("prompts must be left-padded: a row ends with padding")
+    if s.num_beams > 1:
+        return beam_search(model, input_ids, attention_mask, s)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if attention_mask[:, -1].eq(0).any():
+        raise ValueError("prompts must be left-padded: a row ends with padding")
     input_ids = input_ids.repeat_interleave(s.num_return_sequences, 0)
     attention_mask = attention_mask.repeat_interleave(s.num_return_sequences, 0)
     cache = DynamicCache(config=model.config)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     stop = torch.tensor(s.stop_ids, device=input_ids.device, dtype=torch.long)
-    if streamer is not None: streamer.put(input_ids.cpu())               # the prompt first, as `generate` does
-    logits = _forward(model, input_ids, attention_mask, cache)           # prefill: the whole prompt
+    if streamer is not None:
+        streamer.put(input_ids.cpu())  # the prompt first, as `generate` does
+    logits = _forward(model, input_ids, attention_mask, cache)  # prefill: the whole prompt
     for step in range(s.max_new_tokens):
         scores = process_logits(logits, input_ids, attention_mask, step, s)
-        if s.do_sample: next_ids = torch.multinomial(F.softmax(scores, -1), 1, generator=generator).squeeze(1)
-        else: next_ids = scores.argmax(-1)
-        next_ids = torch.where(unfinished, next_ids, s.pad_token_id)     # finished rows only get padding
+        if s.do_sample:
+            next_ids = torch.multinomial(F.softmax(scores, -1), 1, generator=generator).squeeze(1)
+        else:
+            next_ids = scores.argmax(-1)
+        next_ids = torch.where(unfinished, next_ids, s.pad_token_id)  # finished rows only get padding
         input_ids = torch.cat([input_ids, next_ids[:, None]], 1)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], 1)
         unfinished &= ~torch.isin(next_ids, stop)
-        if streamer is not None: streamer.put(next_ids.cpu())
-        if not unfinished.any() or step == s.max_new_tokens - 1: break
+        if streamer is not None:
+            streamer.put(next_ids.cpu())
+        if not unfinished.any() or step == s.max_new_tokens - 1:
+            break
         logits = _forward(model, next_ids[:, None], attention_mask, cache)  # decode: one new token per row
-    if streamer is not None: streamer.end()
+    if streamer is not None:
+        streamer.end()
     return input_ids
 
 # %% ../nbs/02_sampling.ipynb #22333599
-def _gather(t:torch.Tensor, idx:torch.Tensor) -> torch.Tensor:
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     "Select along dim 1 of `t` (batch, n, ...) with `idx` (batch, m)."
     return t.gather(1, idx.view(*idx.shape, *[1] * (t.dim() - 2)).expand(*idx.shape, *t.shape[2:]))
 
 # %% ../nbs/02_sampling.ipynb #f47c32bd
 @torch.no_grad()
-def beam_search(model, input_ids:torch.Tensor, attention_mask:torch.Tensor|None, s:GenerationSettings,
-                return_scores:bool=False):
+def beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    s: GenerationSettings,
+    return_scores: bool = False,
+):
     "Beam search with length penalty and early stopping; the best `num_return_sequences` hypotheses per prompt."
     s = _with_length(s, input_ids.shape[1])
     B, L, K = input_ids.shape[0], input_ids.shape[1], s.num_beams
-    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     max_len, stop = L + s.max_new_tokens, torch.tensor(s.stop_ids, dtype=torch.long, device=input_ids.device)
-    running = input_ids.new_full((B, K, max_len), s.pad_token_id); running[:, :, :L] = input_ids[:, None]
+    running = input_ids.new_full((B, K, max_len), s.pad_token_id)
+    running[:, :, :L] = input_ids[:, None]
     finished, finished_len = running.clone(), torch.zeros(B, K, dtype=torch.long, device=input_ids.device)
-    running_score = torch.zeros(B, K, device=input_ids.device); running_score[:, 1:] = -1e9  # start from one beam
+    running_score = torch.zeros(B, K, device=input_ids.device)
+    running_score[:, 1:] = -1e9  # start from one beam
     finished_score = torch.full((B, K), -1e9, device=input_ids.device)
     is_finished = torch.zeros(B, K, dtype=torch.bool, device=input_ids.device)
     can_improve = torch.ones(B, 1, dtype=torch.bool, device=input_ids.device)
     mask, cache, cur = attention_mask.repeat_interleave(K, 0), DynamicCache(config=model.config), L
     logits = _forward(model, input_ids.repeat_interleave(K, 0), mask, cache)
     while True:
-        logp = process_logits(F.log_softmax(logits, -1), running[:, :, :cur].flatten(0, 1), mask, cur - L, replace(s, do_sample=False))
+        logp = process_logits(
+            F.log_softmax(logits, -1), running[:, :, :cur].flatten(0, 1), mask, cur - L, replace(s, do_sample=False)
+        )
         V = logp.shape[-1]
         cand_score, cand = (logp.view(B, K, V) + running_score[..., None]).view(B, K * V).topk(2 * K)  # step 1-2
         parent, token = cand // V, cand % V
-        cand_seq = _gather(running, parent); cand_seq[:, :, cur] = token
+        cand_seq = _gather(running, parent)
+        cand_seq[:, :, cur] = token
         ends = torch.isin(token, stop) | (cur + 1 >= max_len)
         # step 3: finished hypotheses, length-normalised, merged with the ones we have
         new_score = cand_score / (cur + 1 - L) ** s.length_penalty
         eligible = ends & (torch.arange(2 * K, device=ends.device) < K) & can_improve
-        if s.early_stopping is True: eligible &= ~is_finished.all(-1, keepdim=True)
+        if s.early_stopping is True:
+            eligible &= ~is_finished.all(-1, keepdim=True)
         merged = torch.cat([finished_score, new_score.masked_fill(~eligible, -1e9)], 1)
         keep = merged.topk(K).indices
         finished = _gather(torch.cat([finished, cand_seq], 1), keep)
@@ -223,16 +309,17 @@ def beam_search(model, input_ids:torch.Tensor, attention_mask:torch.Tensor|None,
         cur += 1
         best_len = (max_len - L) if (s.early_stopping == "never" and s.length_penalty > 0) else (cur - L)
         worst_finished = torch.where(is_finished, finished_score.min(1, keepdim=True).values, -1e9)
-        can_improve &= (running_score[:, :1] / best_len ** s.length_penalty > worst_finished).any(-1, keepdim=True)
-        if not can_improve.any() or (is_finished.all() and s.early_stopping is True) or ends.all(): break
+        can_improve &= (running_score[:, :1] / best_len**s.length_penalty > worst_finished).any(-1, keepdim=True)
+        if not can_improve.any() or (is_finished.all() and s.early_stopping is True) or ends.all():
+            break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         logits = _forward(model, running[:, :, cur - 1].reshape(-1, 1), mask, cache)
     n = s.num_return_sequences
-    out = finished[:, :n].flatten(0, 1)[:, :L + finished_len[:, :n].max()]
+    out = finished[:, :n].flatten(0, 1)[:, : L + finished_len[:, :n].max()]
     return (out, finished_score[:, :n].flatten()) if return_scores else out
 
 # %% ../nbs/02_sampling.ipynb #50dac3a8
-def distinct_n(texts:list[str], n:int=2) -> float:
+def distinct_n(texts: list[str], n: int = 2) -> float:
     "Fraction of distinct word n-grams among all word n-grams in `texts` (1.0: no n-gram repeats)."
-    grams = [tuple(w[i:i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
     return len(set(grams)) / max(len(grams), 1)

@@ -41,85 +41,120 @@ from alignbook.training import (
 )
 
 # %% ../nbs/03_instruction_tuning.ipynb #3e181cd6
-ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                     "Write a response that appropriately completes the request.\n\n"
-                     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-                   "### Instruction:\n{instruction}\n\n### Response:\n")
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
 TEMPLATES = ("alpaca", "human_assistant", "chat")
 
-def render(row:dict, template:str="chat", tokenizer=None) -> dict:
+
+def render(row: dict, template: str = "chat", tokenizer=None) -> dict:
     "A record (instruction, optional input, output) as a `prompt` and its `completion` in one of `TEMPLATES`."
     instruction, inp, output = row["instruction"], row.get("input") or "", row["output"]
     if template == "alpaca":
-        return dict(prompt=(ALPACA_WITH_INPUT if inp else ALPACA_NO_INPUT).format(instruction=instruction, input=inp), completion=output)
+        return dict(
+            prompt=(ALPACA_WITH_INPUT if inp else ALPACA_NO_INPUT).format(instruction=instruction, input=inp),
+            completion=output,
+        )
     if template == "human_assistant":
-        return dict(prompt=f"\n\nHuman: {instruction}" + (f"\n\n{inp}" if inp else "") + "\n\nAssistant:", completion=" " + output)
+        return dict(
+            prompt=f"\n\nHuman: {instruction}" + (f"\n\n{inp}" if inp else "") + "\n\nAssistant:",
+            completion=" " + output,
+        )
     if template == "chat":
-        if tokenizer is None or tokenizer.chat_template is None: raise ValueError("template 'chat' needs a tokenizer with a chat template")
+        if tokenizer is None or tokenizer.chat_template is None:
+            raise ValueError("template 'chat' needs a tokenizer with a chat template")
         msgs = [{"role": "user", "content": instruction + (f"\n\n{inp}" if inp else "")}]
-        return dict(prompt=tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), completion=output)
+        return dict(
+            prompt=tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), completion=output
+        )
     raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
 
 # %% ../nbs/03_instruction_tuning.ipynb #8c892060
-def tokenize_sft(tokenizer, prompt:str, completion:str, add_eos:bool=True) -> dict:
-    "Token ids of prompt + completion (+ EOS) and a mask that is 1 on the completion; errors if a token spans the boundary."
-    if not completion.strip(): raise ValueError(f"empty completion for prompt {prompt[-60:]!r}")
-    if add_eos and not completion.endswith(tokenizer.eos_token): completion += tokenizer.eos_token
+def tokenize_sft(tokenizer, prompt: str, completion: str, add_eos: bool = True) -> dict:
+    """Token ids of prompt + completion (+ EOS) and a mask that is 1 on the completion; errors if a token spans the
+    boundary."""
+    if not completion.strip():
+        raise ValueError(f"empty completion for prompt {prompt[-60:]!r}")
+    if add_eos and not completion.endswith(tokenizer.eos_token):
+        completion += tokenizer.eos_token
     prompt_ids = tokenizer(prompt)["input_ids"]
     ids = tokenizer(prompt + completion)["input_ids"]
-    if ids[:len(prompt_ids)] != prompt_ids:
-        raise ValueError(f"the prompt's tokens are not a prefix of prompt+completion (a token spans the boundary "
-                         f"near {prompt[-20:]!r} + {completion[:20]!r}); end the prompt on a token boundary, e.g. without a trailing space")
+    if ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(
+            f"the prompt's tokens are not a prefix of prompt+completion (a token spans the boundary "
+            f"near {prompt[-20:]!r} + {completion[:20]!r}); "
+            "end the prompt on a token boundary, e.g. without a trailing space"
+        )
     return dict(input_ids=ids, completion_mask=[0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)))
 
 # %% ../nbs/03_instruction_tuning.ipynb #31631067
-def chat_ids(tokenizer, messages:list[dict], add_generation_prompt:bool=False) -> list[int]:
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
     "Token ids of `messages` rendered with the tokenizer's chat template (a clear error when it has none)."
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("this tokenizer has no chat template, which conversational rows need: set tokenizer.chat_template, "
-                         "or give the rows as text (prompt/completion strings)")
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        add_generation_prompt=add_generation_prompt)
+        raise ValueError(
+            "this tokenizer has no chat template, which conversational rows need: set tokenizer.chat_template, "
+            "or give the rows as text (prompt/completion strings)"
+        )
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+    )
     return list(out["input_ids"])
 
-def _check_prefix(prefix:list[int], ids:list[int], what:str):
-    if ids[:len(prefix)] != prefix:
-        raise ValueError(f"the chat template renders {what} differently alone than inside the whole conversation, so its "
-                         "tokens are not a prefix: use a prefix-preserving chat template")
 
-def tokenize_messages(tokenizer, messages:list[dict]) -> dict:
+def _check_prefix(prefix: list[int], ids: list[int], what: str):
+    if ids[: len(prefix)] != prefix:
+        raise ValueError(
+            f"the chat template renders {what} differently alone than inside the whole conversation, so its "
+            "tokens are not a prefix: use a prefix-preserving chat template"
+        )
+
+
+def tokenize_messages(tokenizer, messages: list[dict]) -> dict:
     "Token ids of a conversation and a mask that is 1 on each assistant reply, up to and including its first EOS."
     ids = chat_ids(tokenizer, messages)
     mask = [0] * len(ids)
     for i, message in enumerate(messages):
-        if message["role"] != "assistant": continue
+        if message["role"] != "assistant":
+            continue
         before = chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = chat_ids(tokenizer, messages[:i + 1])
+        upto = chat_ids(tokenizer, messages[: i + 1])
         _check_prefix(before, ids, f"the conversation before reply {i}")
         _check_prefix(upto, ids, f"the conversation up to reply {i}")
         reply = range(len(before), len(upto))
-        end = next((j for j in reply if ids[j] == tokenizer.eos_token_id), len(upto) - 1)   # the reply's first EOS
-        mask[len(before):end + 1] = [1] * (end + 1 - len(before))
-    if not any(mask): raise ValueError("no assistant reply to train on in this conversation")
+        end = next((j for j in reply if ids[j] == tokenizer.eos_token_id), len(upto) - 1)  # the reply's first EOS
+        mask[len(before) : end + 1] = [1] * (end + 1 - len(before))
+    if not any(mask):
+        raise ValueError("no assistant reply to train on in this conversation")
     return dict(input_ids=ids, completion_mask=mask)
 
-def tokenize_chat_completion(tokenizer, prompt:list[dict], completion:list[dict]) -> dict:
-    "Conversational prompt/completion: the prompt with the generation prompt, then the completion; mask 1 after the prompt."
+
+def tokenize_chat_completion(tokenizer, prompt: list[dict], completion: list[dict]) -> dict:
+    """Conversational prompt/completion: the prompt with the generation prompt, then the completion; mask 1 after the
+    prompt."""
     prompt_ids = chat_ids(tokenizer, prompt, add_generation_prompt=True)
     ids = chat_ids(tokenizer, prompt + completion)
     _check_prefix(prompt_ids, ids, "the prompt")
     return dict(input_ids=ids, completion_mask=[0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)))
 
 # %% ../nbs/03_instruction_tuning.ipynb #e5388023
-def show_masked(tokenizer, input_ids:list[int], completion_mask:list[int]) -> str:
+def show_masked(tokenizer, input_ids: list[int], completion_mask: list[int]) -> str:
     "HTML of the tokens, masked ones greyed out, for a notebook."
-    spans = [f'<span style="color:{"#111" if m else "#bbb"}">{html.escape(tokenizer.decode([i]))}</span>' for i, m in zip(input_ids, completion_mask)]
+    spans = [
+        f'<span style="color:{"#111" if m else "#bbb"}">{html.escape(tokenizer.decode([i]))}</span>'
+        for i, m in zip(input_ids, completion_mask)
+    ]
     return '<pre style="white-space:pre-wrap">' + "".join(spans) + "</pre>"
 
 # %% ../nbs/03_instruction_tuning.ipynb #7edef061
-def collate_sft(rows:list[dict], pad_token_id:int, mask_prompt:bool=True) -> dict:
-    "Right-pad tokenized rows; labels = ids on the completion (or on every real token if not `mask_prompt`), -100 elsewhere."
+def collate_sft(rows: list[dict], pad_token_id: int, mask_prompt: bool = True) -> dict:
+    """Right-pad tokenized rows; labels = ids on the completion (or on every real token if not `mask_prompt`), -100
+    elsewhere."""
     batch = pad_batch([{k: r[k] for k in ("input_ids", "completion_mask")} for r in rows], pad_token_id, side="right")
     keep = batch.pop("completion_mask") if mask_prompt else batch["attention_mask"]
     batch["labels"] = batch["input_ids"].masked_fill(keep == 0, -100)
@@ -129,39 +164,62 @@ def collate_sft(rows:list[dict], pad_token_id:int, mask_prompt:bool=True) -> dic
 SFT_FORMATS = ("messages", "prompt_completion", "instruction", "text")
 TRUNCATION = ("drop", "keep_start", "keep_end")
 
-def row_format(row:dict) -> str:
-    "Which of `SFT_FORMATS` a row is in, from its keys."
-    if "messages" in row: return "messages"
-    if "prompt" in row and "completion" in row: return "prompt_completion"
-    if "instruction" in row or "output" in row: return "instruction"
-    if "text" in row: return "text"
-    raise ValueError(f"an SFT row needs messages, prompt/completion, instruction/output or text; this one has {sorted(row)}")
 
-def tokenize_row(row:dict, tokenizer, template:str="chat") -> dict:
+def row_format(row: dict) -> str:
+    "Which of `SFT_FORMATS` a row is in, from its keys."
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "instruction" in row or "output" in row:
+        return "instruction"
+    if "text" in row:
+        return "text"
+    raise ValueError(
+        f"an SFT row needs messages, prompt/completion, instruction/output or text; this one has {sorted(row)}"
+    )
+
+
+def tokenize_row(row: dict, tokenizer, template: str = "chat") -> dict:
     "Token ids and completion mask of one row in any of `SFT_FORMATS` (instruction rows rendered with `template`)."
     fmt = row_format(row)
-    if fmt == "messages": return tokenize_messages(tokenizer, row["messages"])
+    if fmt == "messages":
+        return tokenize_messages(tokenizer, row["messages"])
     if fmt == "text":
         text = row["text"] if row["text"].endswith(tokenizer.eos_token) else row["text"] + tokenizer.eos_token
         ids = tokenizer(text)["input_ids"]
         return dict(input_ids=ids, completion_mask=[1] * len(ids))
     if fmt == "prompt_completion" and isinstance(row["prompt"], list):
         return tokenize_chat_completion(tokenizer, row["prompt"], row["completion"])
-    if fmt == "prompt_completion": return tokenize_sft(tokenizer, row["prompt"], row["completion"])
+    if fmt == "prompt_completion":
+        return tokenize_sft(tokenizer, row["prompt"], row["completion"])
     return tokenize_sft(tokenizer, **render(row, template, tokenizer))
 
-def _check_types(row:dict, i:int):
+
+def _check_types(row: dict, i: int):
     "Refuse a field of the wrong type, naming the row."
-    text_fields = {"instruction": str, "input": (str, type(None)), "output": str, "text": str,
-                   "prompt": (str, list), "completion": (str, list), "messages": list}
+    text_fields = {
+        "instruction": str,
+        "input": (str, type(None)),
+        "output": str,
+        "text": str,
+        "prompt": (str, list),
+        "completion": (str, list),
+        "messages": list,
+    }
     for k, kind in text_fields.items():
         if k in row and row[k] is not None and not isinstance(row[k], kind):
             raise TypeError(f"row {i}: field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text")
 
-def prepare_sft(rows, tokenizer, template:str="chat", max_length:int|None=None, truncation:str="drop") -> list[dict]:
+
+def prepare_sft(
+    rows, tokenizer, template: str = "chat", max_length: int | None = None, truncation: str = "drop"
+) -> list[dict]:
     "Tokenize rows in any of `SFT_FORMATS`; drop and count empty, unsplittable and over-long rows (with a warning)."
-    if template not in TEMPLATES: raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
-    if truncation not in TRUNCATION: raise ValueError(f"truncation must be one of {TRUNCATION}, got {truncation!r}")
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
+    if truncation not in TRUNCATION:
+        raise ValueError(f"truncation must be one of {TRUNCATION}, got {truncation!r}")
     kept, dropped = [], Counter()
     for i, row in enumerate(rows):
         _check_types(row, i)
@@ -169,11 +227,18 @@ def prepare_sft(rows, tokenizer, template:str="chat", max_length:int|None=None, 
         if fmt == "instruction" and (row.get("instruction") is None or row.get("output") is None):
             dropped["missing " + ("instruction" if row.get("instruction") is None else "output")] += 1
             continue
-        try: ex = tokenize_row(row, tokenizer, template)
+        try:
+            ex = tokenize_row(row, tokenizer, template)
         except ValueError as e:
-            if "chat template" in str(e): raise   # a template problem hits every row: say so once
-            why = ("empty output" if "empty" in str(e) else "no assistant reply" if "no assistant" in str(e)
-                   else "token spans the boundary")
+            if "chat template" in str(e):
+                raise  # a template problem hits every row: say so once
+            why = (
+                "empty output"
+                if "empty" in str(e)
+                else "no assistant reply"
+                if "no assistant" in str(e)
+                else "token spans the boundary"
+            )
             dropped[why] += 1
             continue
         if max_length is not None and len(ex["input_ids"]) > max_length:
@@ -186,31 +251,40 @@ def prepare_sft(rows, tokenizer, template:str="chat", max_length:int|None=None, 
                 dropped[f"no completion token left in {max_length} tokens"] += 1
                 continue
         kept.append(ex)
-    if dropped: warnings.warn(f"prepare_sft: dropped {dropped.total()} of {dropped.total() + len(kept)} rows: " +
-                              ", ".join(f"{n} {why}" for why, n in dropped.most_common()), stacklevel=2)
+    if dropped:
+        warnings.warn(
+            f"prepare_sft: dropped {dropped.total()} of {dropped.total() + len(kept)} rows: "
+            + ", ".join(f"{n} {why}" for why, n in dropped.most_common()),
+            stacklevel=2,
+        )
     return kept
 
 # %% ../nbs/03_instruction_tuning.ipynb #dace4df5
-def train_only(model, prefixes:list[str]) -> int:
+def train_only(model, prefixes: list[str]) -> int:
     "Freeze every parameter whose name starts with none of `prefixes`; returns the number of trainable parameters."
     n = 0
     for name, p in model.named_parameters():
         p.requires_grad_(any(name.startswith(x) for x in prefixes))
         n += p.numel() if p.requires_grad else 0
-    if n == 0: raise ValueError(f"no parameter name starts with any of {prefixes}")
+    if n == 0:
+        raise ValueError(f"no parameter name starts with any of {prefixes}")
     return n
 
-def top_layers(model, k:int) -> list[str]:
-    "Parameter-name prefixes of the model's last `k` decoder layers and its final norm (Llama, Qwen2, Mistral, GPT-2, GPT-NeoX)."
+
+def top_layers(model, k: int) -> list[str]:
+    """Parameter-name prefixes of the model's last `k` decoder layers and its final norm (Llama, Qwen2, Mistral, GPT-2,
+    GPT-NeoX)."""
     layers, norm = decoder_layout(model)
     n = len(model.get_submodule(layers))
-    if not 1 <= k <= n: raise ValueError(f"k must be in [1, {n}] (the model has {n} decoder layers), got {k}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the model has {n} decoder layers), got {k}")
     return [f"{layers}.{i}." for i in range(n - k, n)] + [f"{norm}."]
 
 # %% ../nbs/03_instruction_tuning.ipynb #7c72b01f
 @dataclass
 class SFTSettings(TrainConfig):
     "Hyper-parameters of `train_sft`: `TrainConfig`'s, with SFT's defaults, and what to train on."
+
     steps: int = 60  # optimizer steps
     lr: float = 1e-4  # peak AdamW learning rate
     eval_every: int = 10  # evaluate every this many steps, and after the last (0: only after the last)
@@ -218,32 +292,37 @@ class SFTSettings(TrainConfig):
 
 # %% ../nbs/03_instruction_tuning.ipynb #59be0a7d
 @torch.no_grad()
-def completion_loss(model, rows:list[dict], pad_token_id:int, batch_size:int=16) -> float:
+def completion_loss(model, rows: list[dict], pad_token_id: int, batch_size: int = 16) -> float:
     "Mean negative log-likelihood per completion token of tokenized `rows` (a held-out measure)."
     total, n = 0.0, 0
     for i in range(0, len(rows), batch_size):
-        b = {k: v.to(model.device) for k, v in collate_sft(rows[i:i + batch_size], pad_token_id).items()}
+        b = {k: v.to(model.device) for k, v in collate_sft(rows[i : i + batch_size], pad_token_id).items()}
         k = (b["labels"][:, 1:] != -100).sum().item()
         total += model(**b).loss.item() * k
         n += k
-    if n == 0: raise ValueError("no completion tokens to evaluate")
+    if n == 0:
+        raise ValueError("no completion tokens to evaluate")
     return total / n
 
-def summed_nll(model, batch:dict) -> torch.Tensor:
+
+def summed_nll(model, batch: dict) -> torch.Tensor:
     "[summed NLL of the labelled tokens, how many of them the model predicts right (argmax)]: sums, not means."
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
-    labels = batch["labels"][:, 1:]                                                                       # (B, T-1)
+    labels = batch["labels"][:, 1:]  # (B, T-1)
     nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
     correct = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
     return torch.stack([nll, correct.to(nll.dtype)])
 
 # %% ../nbs/03_instruction_tuning.ipynb #0cef2322
-def train_sft(model, data, cfg:SFTSettings|None=None, tokenizer=None, eval_data=None) -> list[dict]:
+def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_data=None) -> list[dict]:
     "Supervised fine-tuning of `model`'s trainable parameters on `data` (any of `SFT_FORMATS`, or tokenized rows)."
     cfg = cfg or SFTSettings()
-    if tokenizer is None: raise ValueError("train_sft needs the tokenizer (to tokenize rows and to pad)")
+    if tokenizer is None:
+        raise ValueError("train_sft needs the tokenizer (to tokenize rows and to pad)")
     rows = data if data and "input_ids" in data[0] else prepare_sft(data, tokenizer)
-    eval_rows = None if not eval_data else eval_data if "input_ids" in eval_data[0] else prepare_sft(eval_data, tokenizer)
+    eval_rows = (
+        None if not eval_data else eval_data if "input_ids" in eval_data[0] else prepare_sft(eval_data, tokenizer)
+    )
     params = trainable_parameters(model)
     accelerator, wrapped = prepare(model)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
@@ -253,12 +332,20 @@ def train_sft(model, data, cfg:SFTSettings|None=None, tokenizer=None, eval_data=
         for step in tqdm(range(1, cfg.steps + 1), desc="SFT", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
             # 1. this process's micro-batches, and the labelled-token count of the whole step (every process)
-            micro = [collate_sft([rows[i] for i in idx], tokenizer.pad_token_id, cfg.mask_prompt)
-                     for idx in rows_for_step(order, step, cfg, rank, world)]
-            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro),
-                                   sum(int(b["attention_mask"].sum()) for b in micro)], device=device)
+            micro = [
+                collate_sft([rows[i] for i in idx], tokenizer.pad_token_id, cfg.mask_prompt)
+                for idx in rows_for_step(order, step, cfg, rank, world)
+            ]
+            counts = torch.tensor(
+                [
+                    sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro),
+                    sum(int(b["attention_mask"].sum()) for b in micro),
+                ],
+                device=device,
+            )
             n_tokens, n_seen = accelerator.reduce(counts, "sum").tolist()
-            if n_tokens == 0: raise ValueError(f"step {step}: no labelled token in the batch (every completion masked)")
+            if n_tokens == 0:
+                raise ValueError(f"step {step}: no labelled token in the batch (every completion masked)")
             # 2. forward and backward: summed NLL / global token count, × processes (DDP averages the gradients)
             totals = torch.zeros(2, device=device)
             for m, batch in enumerate(micro):
@@ -274,9 +361,17 @@ def train_sft(model, data, cfg:SFTSettings|None=None, tokenizer=None, eval_data=
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)
             # 4. log (and evaluate)
             seen += n_seen
-            row = log_row(step, step * cfg.batch_size * world * cfg.grad_accum_steps / len(rows),
-                          totals[0].item() / n_tokens, lr, grad_norm, seen, time.perf_counter() - t0, n_seen,
-                          mean_token_accuracy=totals[1].item() / n_tokens)
+            row = log_row(
+                step,
+                step * cfg.batch_size * world * cfg.grad_accum_steps / len(rows),
+                totals[0].item() / n_tokens,
+                lr,
+                grad_norm,
+                seen,
+                time.perf_counter() - t0,
+                n_seen,
+                mean_token_accuracy=totals[1].item() / n_tokens,
+            )
             if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 model.eval()
                 row["eval_loss"] = completion_loss(model, eval_rows, tokenizer.pad_token_id)
@@ -285,27 +380,40 @@ def train_sft(model, data, cfg:SFTSettings|None=None, tokenizer=None, eval_data=
     return history
 
 # %% ../nbs/03_instruction_tuning.ipynb #b4ba3aec
-NAMES = ("Alice Bob Carol David Emma Frank Grace Henry Iris Jack Karen Leo Maria Nina Oscar Paul Quinn Rosa Sam Tara Umar Vera "
-         "Walt Xena Yuri Zoe Amir Bella Chen Dana Elif Farah Gina Hugo Ivan Jana Kofi Lina Milo Nora Otto Pia Raj Sara Tom").split()
-CITIES = ("Paris Lima Oslo Cairo Tokyo Rome Berlin Madrid Dublin Vienna Quito Delhi Seoul Hanoi Accra Nairobi Lagos Dakar Sofia "
-          "Riga Minsk Kyiv Prague Zagreb Athens Ankara Doha Muscat Amman Beirut Baku Tbilisi Kabul Dhaka Manila Jakarta").split()
+NAMES = (
+    "Alice Bob Carol David Emma Frank Grace Henry Iris Jack Karen Leo Maria Nina Oscar Paul Quinn Rosa Sam Tara "
+    "Umar Vera "
+    "Walt Xena Yuri Zoe Amir Bella Chen Dana Elif Farah Gina Hugo Ivan Jana Kofi Lina Milo Nora Otto Pia Raj Sara Tom"
+).split()
+CITIES = (
+    "Paris Lima Oslo Cairo Tokyo Rome Berlin Madrid Dublin Vienna Quito Delhi Seoul Hanoi Accra Nairobi Lagos Dakar "
+    "Sofia Riga Minsk Kyiv Prague Zagreb Athens Ankara Doha Muscat Amman Beirut Baku Tbilisi Kabul Dhaka Manila Jakarta"
+).split()
 
-def json_format_rows(n:int, seed:int) -> list[dict]:
+
+def json_format_rows(n: int, seed: int) -> list[dict]:
     "`n` instruction rows asking to convert a (name, age, city) record to one-line JSON, drawn with `seed`."
     rng, rows = random.Random(seed), []
     for _ in range(n):
         record = dict(name=rng.choice(NAMES), age=rng.randint(18, 90), city=rng.choice(CITIES))
-        rows.append(dict(instruction="Convert to JSON: " + ", ".join(f"{k} {v}" for k, v in record.items()), input="",
-                         output=json.dumps(record)))
+        rows.append(
+            dict(
+                instruction="Convert to JSON: " + ", ".join(f"{k} {v}" for k, v in record.items()),
+                input="",
+                output=json.dumps(record),
+            )
+        )
     return rows
 
 # %% ../nbs/03_instruction_tuning.ipynb #c693daa9
-def exact_match(model, tokenizer, rows:list[dict], max_new_tokens:int=32) -> tuple[float, list[str]]:
+def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) -> tuple[float, list[str]]:
     "Fraction of instruction rows whose greedy answer (chat template) equals `output` exactly, and the answers."
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     prompts = [render(r, "chat", tokenizer)["prompt"] for r in rows]
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     tokenizer.padding_side = side
     out = generate(model, **batch, max_new_tokens=max_new_tokens)
-    answers = [a.strip() for a in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+    answers = [
+        a.strip() for a in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    ]
     return sum(a == r["output"] for a, r in zip(answers, rows)) / len(rows), answers

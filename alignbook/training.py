@@ -21,130 +21,169 @@ import torch.nn as nn
 # %% ../nbs/00c_training.ipynb #4fe8c8b2
 SCHEDULES = ("constant", "linear", "cosine")
 
+
 @dataclass
 class TrainConfig:
     "What every alignbook trainer shares; each trainer's config adds its own fields. Checked when created."
+
     steps: int = 60  # optimizer steps
     batch_size: int = 8  # rows per micro-batch on each process
     grad_accum_steps: int = 1  # micro-batches per optimizer step (a step sees batch_size × processes × this many rows)
     lr: float = 1e-4  # peak AdamW learning rate
-    lr_scheduler: str = "constant"  # after warm-up: 'constant', 'linear' (to 0 at `steps`) or 'cosine' (to 0 at `steps`)
+    lr_scheduler: str = (
+        "constant"  # after warm-up: 'constant', 'linear' (to 0 at `steps`) or 'cosine' (to 0 at `steps`)
+    )
     warmup_steps: int = 0  # the learning rate rises linearly from 0 to `lr` over these steps
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    max_grad_norm: float|None = 1.0  # clip the global gradient norm to this; None: no clipping
+    max_grad_norm: float | None = 1.0  # clip the global gradient norm to this; None: no clipping
     eval_every: int = 0  # evaluate every this many steps, and after the last (0: only after the last; needs eval data)
     bf16: bool = False  # run forward passes under bfloat16 autocast (weights and optimizer state stay float32)
-    seed: int|None = 0  # seeds shuffling and sampling through generators (the global RNG is left alone)
+    seed: int | None = 0  # seeds shuffling and sampling through generators (the global RNG is left alone)
 
     def __post_init__(self):
         problems = self.problems()
-        if problems: raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def problems(self) -> list[str]:
         "What is wrong with this config (empty when it is fine); subclasses add their own checks."
-        checks = [(self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-                  (self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}"),
-                  (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
-                  (self.lr_scheduler in SCHEDULES, f"lr_scheduler must be one of {SCHEDULES}, got {self.lr_scheduler!r}"),
-                  (0 <= self.warmup_steps <= self.steps, f"warmup_steps must be in [0, steps], got {self.warmup_steps}"),
-                  (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-                  (self.max_grad_norm is None or self.max_grad_norm > 0,
-                   f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}"),
-                  (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")]
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
+            (self.lr_scheduler in SCHEDULES, f"lr_scheduler must be one of {SCHEDULES}, got {self.lr_scheduler!r}"),
+            (0 <= self.warmup_steps <= self.steps, f"warmup_steps must be in [0, steps], got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (
+                self.max_grad_norm is None or self.max_grad_norm > 0,
+                f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}",
+            ),
+            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
+        ]
         return [msg for ok, msg in checks if not ok]
 
 # %% ../nbs/00c_training.ipynb #d5a7422c
-def lr_factor(cfg:TrainConfig, t:int) -> float:
+def lr_factor(cfg: TrainConfig, t: int) -> float:
     "The multiplier of `cfg.lr` at optimizer step `t` (0-based): linear warm-up, then constant, linear or cosine decay."
-    if t < cfg.warmup_steps: return t / cfg.warmup_steps
-    if cfg.lr_scheduler == "constant": return 1.0
+    if t < cfg.warmup_steps:
+        return t / cfg.warmup_steps
+    if cfg.lr_scheduler == "constant":
+        return 1.0
     progress = (t - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    if cfg.lr_scheduler == "linear": return max(0.0, 1.0 - progress)
+    if cfg.lr_scheduler == "linear":
+        return max(0.0, 1.0 - progress)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-def make_optimizer(params:list, cfg:TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+
+def make_optimizer(params: list, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     "AdamW over `params` and its schedule (step the schedule once per optimizer step)."
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(cfg, t))
 
 # %% ../nbs/00c_training.ipynb #1641bbd8
 def trainable_parameters(model) -> list[nn.Parameter]:
-    "The parameters to optimise, after refusing float16 models, low-precision trainable weights and fully frozen models."
+    """The parameters to optimise, after refusing float16 models, low-precision trainable weights and fully frozen
+    models."""
     if any(p.dtype == torch.float16 for p in model.parameters()):
-        raise ValueError("float16 training is refused: without loss scaling (a GradScaler, which alignbook's trainers do "
-                         "not use) its gradients underflow and its activations overflow to inf/NaN. Load the model in "
-                         "bfloat16 (LoRA adapters stay float32) or float32 (set cfg.bf16=True for bfloat16 autocast).")
+        raise ValueError(
+            "float16 training is refused: without loss scaling (a GradScaler, which alignbook's trainers do "
+            "not use) its gradients underflow and its activations overflow to inf/NaN. Load the model in "
+            "bfloat16 (LoRA adapters stay float32) or float32 (set cfg.bf16=True for bfloat16 autocast)."
+        )
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not params: raise ValueError("the model has no trainable parameters: unfreeze some (sft.train_only, lora.inject_lora)")
+    if not params:
+        raise ValueError("the model has no trainable parameters: unfreeze some (sft.train_only, lora.inject_lora)")
     low = [n for n, p in params if p.dtype not in (torch.float32, torch.float64)]
-    if low: raise ValueError(f"trainable parameters in low precision ({low[:3]}...): AdamW's state and small updates are "
-                             "lost to rounding. Keep them float32: use LoRA (adapters are float32), or load the model in "
-                             "float32 and set cfg.bf16=True for bfloat16 autocast.")
+    if low:
+        raise ValueError(
+            f"trainable parameters in low precision ({low[:3]}...): AdamW's state and small updates are "
+            "lost to rounding. Keep them float32: use LoRA (adapters are float32), or load the model in "
+            "float32 and set cfg.bf16=True for bfloat16 autocast."
+        )
     return [p for _, p in params]
 
 # %% ../nbs/00c_training.ipynb #f40fb1fd
-def check_finite(value:torch.Tensor|float, step:int, what:str="loss"):
+def check_finite(value: torch.Tensor | float, step: int, what: str = "loss"):
     "Raise `FloatingPointError` naming the step and the usual causes when `value` is NaN or infinite."
     v = float(value)
     if not math.isfinite(v):
-        raise FloatingPointError(f"step {step}: the {what} is {v}; training stopped before any weight changed. Usual causes:"
-                                 " a learning rate too high, NaN or inf in the inputs (features, rewards), float16 overflow,"
-                                 " or a batch with no labelled token.")
+        raise FloatingPointError(
+            f"step {step}: the {what} is {v}; training stopped before any weight changed. Usual causes:"
+            " a learning rate too high, NaN or inf in the inputs (features, rewards), float16 overflow,"
+            " or a batch with no labelled token."
+        )
 
 # %% ../nbs/00c_training.ipynb #60923959
 class ForwardWith(nn.Module):
     "Holds `model`; its forward runs `fn(model, *args, **kwargs)`, so DDP/FSDP see every use of the model's weights."
-    def __init__(self, model:nn.Module):
+
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-    def forward(self, fn, *args, **kwargs): return fn(self.model, *args, **kwargs)
 
-def model_device(model) -> torch.device: return next(model.parameters()).device
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)
 
-def prepare(model:nn.Module):
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prepare(model: nn.Module):
     "This process's `Accelerator` (one process, or one of many that torchrun started) and the wrapped model."
     from accelerate import Accelerator
-    accelerator = Accelerator(cpu=model_device(model).type == "cpu")   # cpu=True: many CPU processes use gloo
+
+    accelerator = Accelerator(cpu=model_device(model).type == "cpu")  # cpu=True: many CPU processes use gloo
     if accelerator.mixed_precision != "no":
         # accelerate's state is one per process: a TRL or transformers Trainer made earlier (TRL's configs default to
         # bf16=True, CPU included) or `accelerate launch --mixed_precision` leaves it set, and `prepare` would silently
         # wrap our forward passes in autocast. In alignbook's trainers `cfg.bf16` alone decides.
-        warnings.warn(f"accelerate's state in this process asks for {accelerator.mixed_precision} mixed precision (set by "
-                      "an earlier Trainer or by `accelerate launch`); alignbook's trainers ignore it: set cfg.bf16=True "
-                      "for bfloat16 autocast", stacklevel=3)
-        accelerator.native_amp = False                                 # prepare() then leaves the forward alone
+        warnings.warn(
+            f"accelerate's state in this process asks for {accelerator.mixed_precision} mixed precision (set by "
+            "an earlier Trainer or by `accelerate launch`); alignbook's trainers ignore it: set cfg.bf16=True "
+            "for bfloat16 autocast",
+            stacklevel=3,
+        )
+        accelerator.native_amp = False  # prepare() then leaves the forward alone
     return accelerator, accelerator.prepare(ForwardWith(model))
 
-def unwrap(model:nn.Module) -> nn.Module:
+
+def unwrap(model: nn.Module) -> nn.Module:
     "The Hugging Face model inside DDP/FSDP/`ForwardWith` wrappers (for generation, `.config`, saving)."
     while True:
         inner = getattr(model, "module", None) or (model.model if isinstance(model, ForwardWith) else None)
-        if inner is None: return model
+        if inner is None:
+            return model
         model = inner
 
 # %% ../nbs/00c_training.ipynb #64a35de3
-def rows_for_step(order:list[int], step:int, cfg:TrainConfig, rank:int=0, world:int=1) -> list[list[int]]:
+def rows_for_step(order: list[int], step: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> list[list[int]]:
     "Row indices of this process's micro-batches at `step` (1-based), cycling through `order`."
     per_micro = cfg.batch_size * world
     start = (step - 1) * per_micro * cfg.grad_accum_steps
-    return [[order[(start + m * per_micro + rank * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
-            for m in range(cfg.grad_accum_steps)]
+    return [
+        [order[(start + m * per_micro + rank * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
+        for m in range(cfg.grad_accum_steps)
+    ]
 
 # %% ../nbs/00c_training.ipynb #dfdad121
-def sampling_generator(seed:int, step:int, rank:int=0, device="cpu") -> torch.Generator:
+def sampling_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
     "A generator for `step` (0-based) on `rank`, seeded with seed·100,003 + step + rank·1,000,003."
     # 100,003 and 1,000,003 are primes larger than any step count: (seed, step, rank) triples map to distinct seeds
     return torch.Generator(device=device).manual_seed(seed * 100_003 + step + rank * 1_000_003)
 
-def order_for(n:int, seed:int|None) -> list[int]:
+
+def order_for(n: int, seed: int | None) -> list[int]:
     "The order in which a trainer visits `n` rows: a permutation drawn with `seed`, or 0..n-1 when `seed` is None."
-    if n == 0: raise ValueError("no training rows: the data is empty (or every row was filtered out)")
-    if seed is None: return list(range(n))
+    if n == 0:
+        raise ValueError("no training rows: the data is empty (or every row was filtered out)")
+    if seed is None:
+        return list(range(n))
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 # %% ../nbs/00c_training.ipynb #87ee1cec
-def optimizer_step(accelerator, opt, sched, params:list, cfg:TrainConfig, step:int) -> float:
+def optimizer_step(accelerator, opt, sched, params: list, cfg: TrainConfig, step: int) -> float:
     "Clip, check, step the optimizer and the schedule, zero the gradients; returns the gradient norm before clipping."
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
     norm = accelerator.clip_grad_norm_(params, max_norm)
@@ -154,31 +193,55 @@ def optimizer_step(accelerator, opt, sched, params:list, cfg:TrainConfig, step:i
     opt.zero_grad(set_to_none=True)
     return float(norm)
 
+
 @contextlib.contextmanager
-def training_mode(model, tokenizer=None, padding_side:str|None=None):
+def training_mode(model, tokenizer=None, padding_side: str | None = None):
     "Train mode (and the tokenizer's padding side) inside the block; what they were is restored after it."
     was_training, side = model.training, getattr(tokenizer, "padding_side", None)
-    if tokenizer is not None and padding_side is not None: tokenizer.padding_side = padding_side
+    if tokenizer is not None and padding_side is not None:
+        tokenizer.padding_side = padding_side
     model.train()
-    try: yield
+    try:
+        yield
     finally:
         model.train(was_training)
-        if tokenizer is not None: tokenizer.padding_side = side
+        if tokenizer is not None:
+            tokenizer.padding_side = side
 
-def autocast(cfg:TrainConfig, device:torch.device):
+
+def autocast(cfg: TrainConfig, device: torch.device):
     "bfloat16 autocast when `cfg.bf16`, else nothing."
     return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
 
-def micro_batch(accelerator, wrapped, cfg:TrainConfig, last:bool) -> contextlib.ExitStack:
+
+def micro_batch(accelerator, wrapped, cfg: TrainConfig, last: bool) -> contextlib.ExitStack:
     "The context of one micro-batch: no gradient all-reduce before the step's last one (`no_sync`), and `autocast`."
     stack = contextlib.ExitStack()
-    if not last: stack.enter_context(accelerator.no_sync(wrapped))
+    if not last:
+        stack.enter_context(accelerator.no_sync(wrapped))
     stack.enter_context(autocast(cfg, accelerator.device))
     return stack
 
 # %% ../nbs/00c_training.ipynb #5b118043
-def log_row(step:int, epoch:float, loss:float, learning_rate:float, grad_norm:float, num_tokens:int, seconds:float,
-            step_tokens:int, **metrics) -> dict:
+def log_row(
+    step: int,
+    epoch: float,
+    loss: float,
+    learning_rate: float,
+    grad_norm: float,
+    num_tokens: int,
+    seconds: float,
+    step_tokens: int,
+    **metrics,
+) -> dict:
     "One entry of a trainer's history, with TRL's key names."
-    return dict(step=step, epoch=round(epoch, 4), loss=loss, learning_rate=learning_rate, grad_norm=grad_norm,
-                num_tokens=num_tokens, tokens_per_second=step_tokens / max(seconds, 1e-9), **metrics)
+    return dict(
+        step=step,
+        epoch=round(epoch, 4),
+        loss=loss,
+        learning_rate=learning_rate,
+        grad_norm=grad_norm,
+        num_tokens=num_tokens,
+        tokens_per_second=step_tokens / max(seconds, 1e-9),
+        **metrics,
+    )

@@ -6,6 +6,7 @@ frozen layers; TRL runs the whole model every step. The one-time caching cost is
 epoch of the timed pairs. Target: step-time ratio <= 1.0.
 Run: python benchmarks/reward.py [--steps 8] [--warmup 2]
 """
+
 import argparse
 import time
 import warnings
@@ -22,9 +23,14 @@ TOP_K, BATCH = 2, 8
 
 
 class StepTimer(TrainerCallback):
-    def __init__(self): self.times, self.t = [], None
-    def on_step_begin(self, args, state, control, **kw): self.t = time.perf_counter()
-    def on_step_end(self, args, state, control, **kw): self.times.append(time.perf_counter() - self.t)
+    def __init__(self):
+        self.times, self.t = [], None
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.times.append(time.perf_counter() - self.t)
 
 
 def main(steps=8, warmup=2):
@@ -38,30 +44,57 @@ def main(steps=8, warmup=2):
     assert len(pairs) == len(trl_rows) == n
 
     train_only(model, top_layers(model, TOP_K) + ["score."])
-    t = time.perf_counter(); feats = cache_features(model, pairs, TOP_K, tok.pad_token_id); t_cache = time.perf_counter() - t
-    train_reward(model, feats[:warmup * BATCH], RewardSettings(steps=warmup, seed=None, top_k=TOP_K))
-    t = time.perf_counter(); train_reward(model, feats[warmup * BATCH:], RewardSettings(steps=steps, seed=None, top_k=TOP_K))
+    t = time.perf_counter()
+    feats = cache_features(model, pairs, TOP_K, tok.pad_token_id)
+    t_cache = time.perf_counter() - t
+    train_reward(model, feats[: warmup * BATCH], RewardSettings(steps=warmup, seed=None, top_k=TOP_K))
+    t = time.perf_counter()
+    train_reward(model, feats[warmup * BATCH :], RewardSettings(steps=steps, seed=None, top_k=TOP_K))
     ours = (time.perf_counter() - t) / steps
 
-    model, _ = load_reward_model(); train_only(model, top_layers(model, TOP_K) + ["score."])
-    args = RewardConfig(output_dir="/tmp/alignbook_bench_rm", report_to=[], use_cpu=True, bf16=False, max_length=128,
-                        per_device_train_batch_size=BATCH, max_steps=steps + warmup, learning_rate=1e-4,
-                        lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
-                        train_sampling_strategy="sequential", logging_steps=10**6, save_strategy="no",
-                        activation_checkpointing=False, disable_tqdm=True)
+    model, _ = load_reward_model()
+    train_only(model, top_layers(model, TOP_K) + ["score."])
+    args = RewardConfig(
+        output_dir="/tmp/alignbook_bench_rm",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        max_length=128,
+        per_device_train_batch_size=BATCH,
+        max_steps=steps + warmup,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        train_sampling_strategy="sequential",
+        logging_steps=10**6,
+        save_strategy="no",
+        activation_checkpointing=False,
+        disable_tqdm=True,
+    )
     timer = StepTimer()
-    trainer = RewardTrainer(model, args=args, processing_class=tok, train_dataset=Dataset.from_list(trl_rows), callbacks=[timer])
-    trainer.remove_callback(PrinterCallback); trainer.train()
+    trainer = RewardTrainer(
+        model, args=args, processing_class=tok, train_dataset=Dataset.from_list(trl_rows), callbacks=[timer]
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
     theirs = sum(timer.times[warmup:]) / steps
 
     cache_per_step = t_cache / (n / BATCH)
     print(f"batch {BATCH} pairs, {steps} timed steps, top {TOP_K} layers + head trainable")
-    print(f"ours: {ours:.2f} s/step (+ {cache_per_step:.2f} s/step of one-time feature caching, amortised over one epoch)")
+    print(
+        f"ours: {ours:.2f} s/step (+ {cache_per_step:.2f} s/step of one-time feature caching, amortised over one epoch)"
+    )
     print(f"TRL RewardTrainer: {theirs:.2f} s/step")
-    print(f"step-time ratio ours/TRL: {ours / theirs:.2f}; including caching for a single epoch: {(ours + cache_per_step) / theirs:.2f}")
+    print(
+        f"step-time ratio ours/TRL: {ours / theirs:.2f}; including caching for a single epoch: "
+        f"{(ours + cache_per_step) / theirs:.2f}"
+    )
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=8); ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
     main(**vars(ap.parse_args()))

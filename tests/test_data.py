@@ -1,4 +1,5 @@
 "Loaders return TRL's standard formats, drop and count bad rows, and fail clearly without data."
+
 import gzip
 import json
 import warnings
@@ -22,6 +23,7 @@ from alignbook.data import (
 )
 from alignbook.models import load_tokenizer
 
+
 def test_hh_split_reconstructs_both_dialogues_and_agrees_with_trl(local_data):
     raw = read_rows(local_data / "hh_rlhf_test" / "helpful-base.test.jsonl.gz")
     same_as_trl = 0
@@ -30,7 +32,9 @@ def test_hh_split_reconstructs_both_dialogues_and_agrees_with_trl(local_data):
         assert ours["prompt"] + ours["chosen"] == r["chosen"] and ours["prompt"] + ours["rejected"] == r["rejected"]
         trl = extract_prompt({"chosen": r["chosen"], "rejected": r["rejected"]})
         assert trl["prompt"].startswith(ours["prompt"])  # TRL cuts at the common prefix; we cut back to the turn start
-        if trl["prompt"].endswith(data.ASSISTANT): assert trl["prompt"] == ours["prompt"]; same_as_trl += 1
+        if trl["prompt"].endswith(data.ASSISTANT):
+            assert trl["prompt"] == ours["prompt"]
+            same_as_trl += 1
     assert same_as_trl > len(raw) // 2
 
 
@@ -62,16 +66,24 @@ def test_alpaca_eval_prefs_orientation(local_data):
 
 
 def test_synthetic_pairwise_schema_offline():
-    rows = [dict(prompt="p1", chosen="good", rejected="bad"), dict(prompt="p2", chosen="", rejected="bad"),
-            dict(prompt="p3", chosen="same", rejected="same"), dict(prompt="p4", chosen="ok")]
+    rows = [
+        dict(prompt="p1", chosen="good", rejected="bad"),
+        dict(prompt="p2", chosen="", rejected="bad"),
+        dict(prompt="p3", chosen="same", rejected="same"),
+        dict(prompt="p4", chosen="ok"),
+    ]
     with pytest.warns(UserWarning, match="dropped 3 of 4"):
         ds = load_preferences("synthetic-pairwise", rows=rows)
     assert ds.to_list() == [dict(prompt="p1", chosen="good", rejected="bad")]
 
 
 def test_instructions_input_may_be_empty_but_output_may_not():
-    rows = [dict(instruction="Add", input="1 2", output="3"), dict(instruction="Say hi", output="hi"),
-            dict(instruction="Say hi", input="", output=" "), dict(input="x", output="y")]
+    rows = [
+        dict(instruction="Add", input="1 2", output="3"),
+        dict(instruction="Say hi", output="hi"),
+        dict(instruction="Say hi", input="", output=" "),
+        dict(input="x", output="y"),
+    ]
     with pytest.warns(UserWarning, match="1 empty output, 1 missing instruction"):
         ds = load_instructions(rows=rows)
     assert ds["input"] == ["1 2", ""]
@@ -79,7 +91,9 @@ def test_instructions_input_may_be_empty_but_output_may_not():
 
 def test_no_local_copy_and_no_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(data, "data_dir", lambda: None)
-    monkeypatch.setitem(data.SOURCES, "alpaca-demo", data.DataSource("llamafactory_demo", {"train": "alpaca_en_demo.json"}))
+    monkeypatch.setitem(
+        data.SOURCES, "alpaca-demo", data.DataSource("llamafactory_demo", {"train": "alpaca_en_demo.json"})
+    )
     with pytest.raises(FileNotFoundError, match="no local copy.*no hub name.*llamafactory_demo/alpaca_en_demo.json"):
         load_instructions("alpaca-demo")
 
@@ -89,28 +103,46 @@ def test_every_dataset_of_the_book_has_a_remote_copy():
     for name, src in data.SOURCES.items():
         for key in src.files or [None]:
             assert src.hub is not None or key in src.urls, (name, key)
-    assert all("/cd543a149df89434d8a54582c0151c0b945c3d20/" in u for u in data.SOURCES["alpaca-eval-prefs"].urls.values())
+    assert all(
+        "/cd543a149df89434d8a54582c0151c0b945c3d20/" in u for u in data.SOURCES["alpaca-eval-prefs"].urls.values()
+    )
 
 
 def test_remote_copies_are_read_from_the_right_place(monkeypatch, tmp_path):
     import datasets
+
     seen = []
+
     def fake(hub, **kw):
         seen.append(dict(hub=hub, **kw))
-        return [dict(instruction="Say hi", input="", output="hi")] if "alpaca" in kw.get("data_files", "") else \
-            [dict(conversations=[{"from": "human", "value": "Hi"}], chosen={"from": "gpt", "value": "Hello"},
-                  rejected={"from": "gpt", "value": "Go away"})]
+        return (
+            [dict(instruction="Say hi", input="", output="hi")]
+            if "alpaca" in kw.get("data_files", "")
+            else [
+                dict(
+                    conversations=[{"from": "human", "value": "Hi"}],
+                    chosen={"from": "gpt", "value": "Hello"},
+                    rejected={"from": "gpt", "value": "Go away"},
+                )
+            ]
+        )
+
     monkeypatch.setattr(data, "data_dir", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", fake)
     assert load_instructions("alpaca-demo")[0]["output"] == "hi"
     assert load_preferences("dpo-demo")[0]["chosen"] == [{"role": "assistant", "content": "Hello"}]
-    assert seen == [dict(hub="llamafactory/demo_data", data_files=f, split="train") for f in ("alpaca_en_demo.json", "dpo_en_demo.json")]
+    assert seen == [
+        dict(hub="llamafactory/demo_data", data_files=f, split="train")
+        for f in ("alpaca_en_demo.json", "dpo_en_demo.json")
+    ]
     urls = []
+
     def download(url, dataset):
         urls.append(url)
         f = tmp_path / "annotations.json"
         f.write_text(json.dumps([dict(instruction="i", output_1="a", output_2="b", preference=2)]))
         return f
+
     monkeypatch.setattr(data, "_download", download)
     assert load_preferences("alpaca-eval-prefs", "oasst-rlhf")[0]["chosen"] == "b"
     assert urls == [data.SOURCES["alpaca-eval-prefs"].urls["oasst-rlhf"]]
@@ -119,8 +151,11 @@ def test_remote_copies_are_read_from_the_right_place(monkeypatch, tmp_path):
 
 def test_data_dir_missing_a_dataset_falls_back_to_the_remote_copy(monkeypatch, tmp_path):
     import datasets
-    def offline(*a, **k): raise ConnectionError("Couldn't reach the hub")
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))          # a data directory without gsm8k/
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the hub")
+
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))  # a data directory without gsm8k/
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(FileNotFoundError, match="no local copy.*'openai/gsm8k'.*holds gsm8k/test.jsonl.gz"):
         data.load_gsm8k("test")
@@ -128,7 +163,10 @@ def test_data_dir_missing_a_dataset_falls_back_to_the_remote_copy(monkeypatch, t
 
 def test_unreachable_hub_is_a_clear_error(monkeypatch):
     import datasets
-    def offline(*a, **k): raise ConnectionError("Couldn't reach the hub")
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the hub")
+
     monkeypatch.setattr(data, "data_dir", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(FileNotFoundError, match="Offline, set ALIGNBOOK_DATA"):
@@ -150,9 +188,12 @@ def test_read_rows_formats(tmp_path):
     rows = [{"a": 1}, {"a": 2}]
     (tmp_path / "x.json").write_text(json.dumps(rows))
     (tmp_path / "x.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
-    with gzip.open(tmp_path / "x.jsonl.gz", "wt") as f: f.write("\n".join(map(json.dumps, rows)))
-    with gzip.open(tmp_path / "x.json.gz", "wt") as f: f.write(json.dumps(rows))
-    for name in ["x.json", "x.jsonl", "x.jsonl.gz", "x.json.gz"]: assert read_rows(tmp_path / name) == rows
+    with gzip.open(tmp_path / "x.jsonl.gz", "wt") as f:
+        f.write("\n".join(map(json.dumps, rows)))
+    with gzip.open(tmp_path / "x.json.gz", "wt") as f:
+        f.write(json.dumps(rows))
+    for name in ["x.json", "x.jsonl", "x.jsonl.gz", "x.json.gz"]:
+        assert read_rows(tmp_path / name) == rows
 
 
 @settings(max_examples=40, deadline=None)
@@ -169,8 +210,10 @@ def test_split_by_key_properties(prompts, test_size):
 def test_split_by_key_fraction_and_bad_input():
     ds = Dataset.from_dict({"prompt": [f"q{i}" for i in range(5000)]})
     assert abs(len(split_by_key(ds, 0.2)["test"]) / 5000 - 0.2) < 0.02
-    with pytest.raises(ValueError): split_by_key(ds, 1.0)
-    with pytest.raises(KeyError): split_by_key(ds, 0.1, key="question")
+    with pytest.raises(ValueError):
+        split_by_key(ds, 1.0)
+    with pytest.raises(KeyError):
+        split_by_key(ds, 0.1, key="question")
 
 
 def test_clean_rows_counts_every_reason():

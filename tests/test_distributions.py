@@ -1,4 +1,5 @@
 "sequence_logprobs equals transformers' own cross-entropy, row by row, for any padding side and prompt length."
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,18 +9,24 @@ from hypothesis import strategies as st
 from alignbook.distributions import entropy, pad_batch, sequence_logprobs, token_logprobs
 from alignbook.models import TINY, load_model
 
+
 @pytest.fixture(scope="module")
 def tiny64():
     return load_model(TINY, device="cpu").double()
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4), st.sampled_from(["left", "right"]),
-       st.integers(0, 2**16))
+@given(
+    st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4),
+    st.sampled_from(["left", "right"]),
+    st.integers(0, 2**16),
+)
 def test_sequence_logprobs_equals_model_loss_per_row(tiny64, shapes, side, seed):
     g = torch.Generator().manual_seed(seed)
-    rows = [dict(input_ids=torch.randint(3, 49152, (p + c,), generator=g).tolist(), completion_mask=[0] * p + [1] * c)
-            for p, c in shapes]
+    rows = [
+        dict(input_ids=torch.randint(3, 49152, (p + c,), generator=g).tolist(), completion_mask=[0] * p + [1] * c)
+        for p, c in shapes
+    ]
     b = pad_batch(rows, pad_token_id=2, side=side)
     with torch.no_grad():
         per_token, total = sequence_logprobs(tiny64, b["input_ids"], b["attention_mask"], b["completion_mask"])

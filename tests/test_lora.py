@@ -1,4 +1,5 @@
 "LoRA equals PEFT: outputs (unmerged, merged, with dropout), scaling, and adapters that load both ways."
+
 import json
 import tempfile
 
@@ -25,12 +26,28 @@ IDS = torch.randint(3, 49152, (2, 9), generator=torch.Generator().manual_seed(0)
 
 def pair(r=4, alpha=8, use_rslora=False, dropout=0.0, kind="causal", **extra):
     "A PEFT model (random A and B) and our model with the same adapter weights."
-    theirs = get_peft_model(load_model(TINY, kind=kind, device="cpu"),
-                            LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, use_rslora=use_rslora,
-                                       lora_dropout=dropout, init_lora_weights=False,
-                                       task_type="SEQ_CLS" if kind == "reward" else None, **extra))
-    ours = inject_lora(load_model(TINY, kind=kind, device="cpu"), TARGETS, r=r, alpha=alpha, dropout=dropout,
-                       use_rslora=use_rslora, modules_to_save=["score"] if kind == "reward" else ())
+    theirs = get_peft_model(
+        load_model(TINY, kind=kind, device="cpu"),
+        LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            target_modules=TARGETS,
+            use_rslora=use_rslora,
+            lora_dropout=dropout,
+            init_lora_weights=False,
+            task_type="SEQ_CLS" if kind == "reward" else None,
+            **extra,
+        ),
+    )
+    ours = inject_lora(
+        load_model(TINY, kind=kind, device="cpu"),
+        TARGETS,
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        use_rslora=use_rslora,
+        modules_to_save=["score"] if kind == "reward" else (),
+    )
     copy_from_peft(ours, theirs)
     return ours, theirs
 
@@ -38,20 +55,25 @@ def pair(r=4, alpha=8, use_rslora=False, dropout=0.0, kind="causal", **extra):
 @pytest.mark.parametrize("r,alpha,rs", [(1, 1, False), (4, 8, False), (16, 8, True), (8, 32, True)])
 def test_outputs_and_scaling_equal_peft(r, alpha, rs):
     ours, theirs = pair(r, alpha, rs)
-    ours.eval(); theirs.eval()
+    ours.eval()
+    theirs.eval()
     q = theirs.base_model.model.model.layers[0].self_attn.q_proj
     assert lora_layers(ours)["model.layers.0.self_attn.q_proj"].scaling == q.scaling["default"]
     with torch.no_grad():
         torch.testing.assert_close(ours(IDS).logits, theirs(IDS).logits, rtol=0, atol=1e-6)
-        for layer in lora_layers(ours).values(): merge(layer)
+        for layer in lora_layers(ours).values():
+            merge(layer)
         torch.testing.assert_close(ours(IDS).logits, theirs.merge_and_unload()(IDS).logits, rtol=0, atol=1e-5)
 
 
 def test_dropout_in_training_mode_equals_peft():
     ours, theirs = pair(dropout=0.3)
-    ours.train(); theirs.train()
-    torch.manual_seed(5); a = ours(IDS).logits
-    torch.manual_seed(5); b = theirs(IDS).logits
+    ours.train()
+    theirs.train()
+    torch.manual_seed(5)
+    a = ours(IDS).logits
+    torch.manual_seed(5)
+    b = theirs(IDS).logits
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -70,11 +92,14 @@ def test_our_adapter_loads_into_peft_and_back(tmp_path):
         ours.score.weight.normal_()  # a trained head that a reload must not lose
         expected = ours(IDS).logits
     save_lora(ours, tmp_path / "ours", task_type="SEQ_CLS")
+
     def fresh_base():
         "The same base weights as before training, with a freshly randomised head (what a reload starts from)."
         m = load_model(TINY, kind="reward", device="cpu")
-        with torch.no_grad(): m.score.weight.normal_()
+        with torch.no_grad():
+            m.score.weight.normal_()
         return m
+
     peft_loaded = PeftModel.from_pretrained(fresh_base(), tmp_path / "ours").eval()
     ours_loaded = load_lora(fresh_base(), tmp_path / "ours").eval()
     with torch.no_grad():
@@ -118,7 +143,8 @@ def _peft_and_ours(model_fn, config, **ours_kw):
     theirs = get_peft_model(model_fn(), config)
     with torch.no_grad():
         for n, p in theirs.named_parameters():
-            if "lora_B" in n: p.normal_(0, 0.1)
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
     with tempfile.TemporaryDirectory() as d:
         theirs.save_pretrained(d)
         ours = load_lora(model_fn(), d)
@@ -127,39 +153,59 @@ def _peft_and_ours(model_fn, config, **ours_kw):
 
 def test_alpha_and_rank_patterns_equal_peft():
     "PEFT's per-module ranks and alphas: before, load_lora ignored alpha_pattern (logits off by 0.25-0.95)."
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], rank_pattern={"layers.0.self_attn.q_proj": 2},
-                     alpha_pattern={"v_proj": 32}, init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        rank_pattern={"layers.0.self_attn.q_proj": 2},
+        alpha_pattern={"v_proj": 32},
+        init_lora_weights=False,
+    )
     theirs, ours = _peft_and_ours(lambda: load_model(TINY, device="cpu"), cfg)
     ids = torch.tensor([[1, 5, 9, 200, 3000]])
-    with torch.no_grad(): torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
     assert ours.model.layers[0].self_attn.q_proj.r == 2 and ours.model.layers[1].self_attn.v_proj.alpha == 32
 
 
 @pytest.mark.parametrize("targets", [r".*layers\.1\.self_attn\.(q|k)_proj", "all-linear"])
 def test_regex_and_all_linear_targets_select_what_peft_selects(targets):
-    theirs, ours = _peft_and_ours(lambda: load_model(TINY, device="cpu"),
-                                  LoraConfig(r=2, target_modules=targets, init_lora_weights=False))
-    peft_names = {n.replace("base_model.model.", "") for n, m in theirs.named_modules() if hasattr(m, "lora_A")
-                  and isinstance(m.lora_A, torch.nn.ModuleDict)}
+    theirs, ours = _peft_and_ours(
+        lambda: load_model(TINY, device="cpu"), LoraConfig(r=2, target_modules=targets, init_lora_weights=False)
+    )
+    peft_names = {
+        n.replace("base_model.model.", "")
+        for n, m in theirs.named_modules()
+        if hasattr(m, "lora_A") and isinstance(m.lora_A, torch.nn.ModuleDict)
+    }
     assert set(lora_layers(ours)) == peft_names and peft_names
     ids = torch.tensor([[1, 5, 9, 200]])
-    with torch.no_grad(): torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_gpt2_conv1d_layers_equal_peft():
     "GPT-2 keeps its projections in Conv1D (weight stored in x out): wrapped, merged and loaded like PEFT does."
     from transformers import GPT2Config, GPT2LMHeadModel
+
     make = lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32)).eval()
-    torch.manual_seed(0); base = make().state_dict()
+    torch.manual_seed(0)
+    base = make().state_dict()
+
     def model_fn():
-        m = make(); m.load_state_dict(base); return m
-    theirs, ours = _peft_and_ours(model_fn, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True,
-                                                       init_lora_weights=False))
+        m = make()
+        m.load_state_dict(base)
+        return m
+
+    theirs, ours = _peft_and_ours(
+        model_fn, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    )
     ids = torch.tensor([[1, 5, 9, 20]])
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
         before = ours(ids).logits
-        for layer in lora_layers(ours).values(): merge(layer)
+        for layer in lora_layers(ours).values():
+            merge(layer)
         torch.testing.assert_close(ours(ids).logits, before, rtol=1e-5, atol=1e-5)
 
 
@@ -167,7 +213,7 @@ def test_a_failed_load_leaves_the_model_as_it_was(tmp_path):
     src = inject_lora(load_model(TINY, device="cpu"), ["q_proj"], r=4)
     save_lora(src, tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    cfg["r"] = 2                                   # the weights are rank 4: loading must fail
+    cfg["r"] = 2  # the weights are rank 4: loading must fail
     (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
     model = load_model(TINY, device="cpu")
     names = [n for n, _ in model.named_parameters()]

@@ -1,4 +1,5 @@
 "The offline default model equals what transformers loads from the GGUF file; loader errors and edge cases."
+
 import importlib.util
 
 import pytest
@@ -7,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignbook import models
 from alignbook.models import TINY, ModelNotAvailable, default_model_dir, gguf_path, load_model, load_tokenizer
+
 
 @pytest.fixture(scope="module")
 def gguf_reference():
@@ -35,8 +37,9 @@ def test_cached_tokenizer_equals_gguf_tokenizer(gguf_reference):
     texts = ["Hello world!", "  leading spaces and ünïcödé 🙂", "\n\nHuman: hi\n\nAssistant: hey<|im_end|>"]
     assert [tok(t)["input_ids"] for t in texts] == [ref_tok(t)["input_ids"] for t in texts]
     msgs = [{"role": "user", "content": "What is 2+2?"}]
-    assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == \
-        ref_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == ref_tok.apply_chat_template(
+        msgs, add_generation_prompt=True, tokenize=False
+    )
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == (ref_tok.bos_token, ref_tok.eos_token, ref_tok.pad_token)
 
 
@@ -76,7 +79,8 @@ def test_tokenizer_without_pad_token_gets_eos_with_a_warning(tmp_path):
 def test_trained_reward_head_survives_reload(tmp_path):
     "The classic bug: a reward model whose trained head is silently re-initialised when it is loaded again."
     rm = load_model(TINY, kind="reward", device="cpu")
-    with torch.no_grad(): rm.score.weight.fill_(0.5)
+    with torch.no_grad():
+        rm.score.weight.fill_(0.5)
     rm.save_pretrained(tmp_path)
     again = load_model(tmp_path, kind="reward", device="cpu", seed=123)
     assert torch.equal(again.score.weight, rm.score.weight)
@@ -92,7 +96,7 @@ def test_new_reward_head_is_seeded():
 def test_reward_score_reads_last_non_pad_token():
     "With right padding, a padded sequence scores the same as alone; the tiny model checks this in milliseconds."
     tok, rm = load_tokenizer(TINY), load_model(TINY, kind="reward", device="cpu")
-    tok.pad_token = "<|endoftext|>"   # the tiny reward model pads with it (pad must not be EOS)
+    tok.pad_token = "<|endoftext|>"  # the tiny reward model pads with it (pad must not be EOS)
     texts = ["a much longer text than the other one", "short"]
     with torch.no_grad():
         batch = rm(**tok(texts, return_tensors="pt", padding=True)).logits

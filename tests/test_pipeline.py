@@ -1,5 +1,7 @@
-"""`alignbook pipeline` end to end on the tiny model: the report's table, metrics.json, adapters that load in PEFT, reward
+"""`alignbook pipeline` end to end on the tiny model: the report's table, metrics.json, adapters that load in PEFT,
+reward
 models that load in transformers; resuming; errors that name the stage; the command line, chat, and two processes."""
+
 import io
 import json
 import math
@@ -38,13 +40,14 @@ def tiny_run(tmp_path_factory):
     return out, metrics, time.perf_counter() - t0
 
 
-def _table(report:str) -> list[list[str]]:
+def _table(report: str) -> list[list[str]]:
     "The cells of report.md's policy table (the rows after its header)."
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| policy |"))
     rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"): break
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
         rows.append([c.strip() for c in line.strip("|").split(" | ")])
     return rows
 
@@ -55,13 +58,17 @@ def test_end_to_end_in_under_a_minute(tiny_run):
     rows = _table((out / "report.md").read_text())
     assert [r[0] for r in rows] == POLICIES
     assert list(metrics["policies"]) == POLICIES
-    for name, cells in zip(POLICIES, rows):   # the table shows metrics.json's numbers
+    for name, cells in zip(POLICIES, rows):  # the table shows metrics.json's numbers
         m = metrics["policies"][name]
-        assert cells[1] == f"{m['reward']:.3f} ± {m['reward_ci']:.3f}" and cells[2] == f"{m['judge']:.3f} ± {m['judge_ci']:.3f}"
+        assert (
+            cells[1] == f"{m['reward']:.3f} ± {m['reward_ci']:.3f}"
+            and cells[2] == f"{m['judge']:.3f} ± {m['judge_ci']:.3f}"
+        )
         assert cells[5] == f"{m['kl']:.2f}" and cells[6] == f"{m['tokens']:.1f}"
         assert all(math.isfinite(v) for k, v in m.items() if k != "sample")
         assert m["win_low"] <= m["win_rate"] <= m["win_high"]
-        if name != "SFT": assert cells[4] == f"{m['win_rate']:.3f} [{m['win_low']:.3f}, {m['win_high']:.3f}]"
+        if name != "SFT":
+            assert cells[4] == f"{m['win_rate']:.3f} [{m['win_low']:.3f}, {m['win_high']:.3f}]"
     assert metrics["policies"]["SFT"]["kl"] == 0.0 and metrics["policies"]["SFT"]["win_rate"] == 0.5
     assert metrics["held_out_prompts"] == 4 and 0 < metrics["policies"]["PPO"]["tokens"] <= 8
     assert set(metrics["stages"]) == {"sft", "reward", "ppo", "dpo", "report"}
@@ -70,7 +77,7 @@ def test_end_to_end_in_under_a_minute(tiny_run):
     for plot in ("training.png", "reward_vs_kl.png"):
         assert (out / plot).stat().st_size > 10_000 and f"]({plot})" in (out / "report.md").read_text()
     answers = json.loads((out / "report" / "answers.json").read_text())["answers"]
-    assert {k: len(v) for k, v in answers.items()} == {p: 8 for p in POLICIES}   # 4 prompts × 2 answers
+    assert {k: len(v) for k, v in answers.items()} == {p: 8 for p in POLICIES}  # 4 prompts × 2 answers
 
 
 @pytest.mark.parametrize("stage", ["sft", "ppo", "dpo"])
@@ -83,7 +90,7 @@ def test_every_adapter_loads_in_peft(tiny_run, stage):
         ours = load_policy(settings_for("tiny"), out / stage, "cpu", trainable=False)(**ids).logits
         base = load_model(TINY, device="cpu")(**ids).logits
     assert (theirs - ours).abs().max() < 1e-5
-    assert (ours - base).abs().max() > 1e-4        # the adapter was trained: the test could tell a missing one
+    assert (ours - base).abs().max() > 1e-4  # the adapter was trained: the test could tell a missing one
 
 
 @pytest.mark.parametrize("name", ["reward_model", "judge"])
@@ -94,12 +101,13 @@ def test_reward_models_load_with_transformers(tiny_run, name):
     assert model.config.num_labels == 1 and tok.pad_token_id != tok.eos_token_id
     enc = tok(["\n\nHuman: Hi\n\nAssistant: Hello" + tok.eos_token], return_tensors="pt")
     ours, _ = load_scorer(folder, "cpu")
-    with torch.no_grad(): assert torch.equal(model(**enc).logits, ours(**enc).logits)
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, ours(**enc).logits)
 
 
 def test_reward_model_and_judge_differ(tiny_run):
     weights = [load_scorer(tiny_run[0] / "reward" / n, "cpu")[0].score.weight for n in ("reward_model", "judge")]
-    assert not torch.equal(*weights)               # trained on different pairs
+    assert not torch.equal(*weights)  # trained on different pairs
 
 
 def test_resuming_skips_what_is_done_and_reruns_what_changed(tiny_run, tmp_path):
@@ -110,7 +118,10 @@ def test_resuming_skips_what_is_done_and_reruns_what_changed(tiny_run, tmp_path)
     assert again["policies"] == tiny_run[1]["policies"]
     lines = []
     run_pipeline(settings_for("tiny", dpo_beta=0.2), out, log=lines.append)
-    assert [line.split("]")[1].split(":")[0].strip() for line in lines if "changed since it ran" in line] == ["dpo", "report"]
+    assert [line.split("]")[1].split(":")[0].strip() for line in lines if "changed since it ran" in line] == [
+        "dpo",
+        "report",
+    ]
     lines = []
     run_pipeline(settings_for("tiny", dpo_beta=0.2), out, force=True, log=lines.append)
     assert not any("skipped" in line for line in lines)
@@ -119,8 +130,10 @@ def test_resuming_skips_what_is_done_and_reruns_what_changed(tiny_run, tmp_path)
 def test_fingerprints_follow_what_each_stage_reads():
     def all_of(cfg):
         fp = {}
-        for name in pipeline.STAGES: fp[name] = stage_fingerprint(cfg, name, fp)
+        for name in pipeline.STAGES:
+            fp[name] = stage_fingerprint(cfg, name, fp)
         return fp
+
     base = all_of(settings_for("tiny"))
     changed = lambda **kw: {k for k, v in all_of(settings_for("tiny", **kw)).items() if v != base[k]}
     assert changed(sft_steps=3) == {"sft", "ppo", "dpo", "report"}
@@ -133,11 +146,15 @@ def test_fingerprints_follow_what_each_stage_reads():
 
 def test_a_stage_failing_halfway_keeps_the_others(tmp_path, monkeypatch):
     out = tmp_path / "run"
+
     def failing_ppo(cfg, data, folder, *args):
         (folder / "half-written.bin").write_bytes(b"x")
         raise RuntimeError("out of memory (simulated)")
+
     monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "ppo", failing_ppo)
-    with pytest.raises(PipelineError, match=r"(?s)stage 'ppo' failed after .*RuntimeError: out of memory.*Kept: sft, reward \("):
+    with pytest.raises(
+        PipelineError, match=r"(?s)stage 'ppo' failed after .*RuntimeError: out of memory.*Kept: sft, reward \("
+    ):
         run_pipeline(settings_for("tiny"), out, **QUIET)
     assert (out / "sft" / "done.json").exists() and (out / "reward" / "done.json").exists()
     assert not (out / "ppo").exists() and "out of memory" in (out / "error.log").read_text()
@@ -154,21 +171,35 @@ def test_bad_input_gets_a_message_that_names_the_fix(tmp_path, monkeypatch):
         run_pipeline(settings_for("tiny"), tmp_path / "a_file")
     with pytest.raises(PipelineError, match="stage 'setup' failed before it started: ModelNotAvailable"):
         run_pipeline(settings_for("tiny", model=str(tmp_path / "no-such-model")), tmp_path / "out1", **QUIET)
-    with pytest.raises(PipelineError, match="stage 'setup' failed.*must split into"):   # every trainer's settings checked first
+    with pytest.raises(
+        PipelineError, match="stage 'setup' failed.*must split into"
+    ):  # every trainer's settings checked first
         run_pipeline(settings_for("tiny", ppo_prompts=3, ppo_samples=1), tmp_path / "out2", **QUIET)
     import datasets
-    def offline(*a, **k): raise ConnectionError("no network")
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
     (tmp_path / "data").mkdir()
-    monkeypatch.setenv("ALIGNBOOK_DATA", str(tmp_path / "data"))     # a data directory without hh-rlhf
+    monkeypatch.setenv("ALIGNBOOK_DATA", str(tmp_path / "data"))  # a data directory without hh-rlhf
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(PipelineError, match=r"(?s)stage 'data' failed.*set ALIGNBOOK_DATA to a folder that holds "
-                                            r"hh_rlhf_test/helpful-base.test.jsonl.gz"):
+    with pytest.raises(
+        PipelineError,
+        match=r"(?s)stage 'data' failed.*set ALIGNBOOK_DATA to a folder that holds "
+        r"hh_rlhf_test/helpful-base.test.jsonl.gz",
+    ):
         run_pipeline(settings_for("tiny"), tmp_path / "out3", **QUIET)
 
 
 def _command(*args, stdin=None, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "alignbook.pipeline", *args], capture_output=True, text=True, input=stdin,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "alignbook.pipeline", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def test_command_line(tiny_run, tmp_path):
@@ -181,15 +212,22 @@ def test_command_line(tiny_run, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["held_out_prompts"] == 2
     r = _command("pipeline", "--preset", "tiny", "--out", str(out), "--set", "ppo_step=1")
     assert r.returncode == 1 and "unknown settings ['ppo_step']" in r.stderr
-    r = _command("pipeline", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "x"), env={"HF_HUB_OFFLINE": "1"})
+    r = _command(
+        "pipeline", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "x"), env={"HF_HUB_OFFLINE": "1"}
+    )
     assert r.returncode == 1 and "stage 'setup' failed" in r.stderr and "Offline, call without a name" in r.stderr
 
 
 def test_chat_streams_replies(tiny_run):
     screen = io.StringIO()
-    talk = chat(tiny_run[0] / "ppo", stdin=io.StringIO("Hello!\n/reset\nName a color.\n/exit\n"), stdout=screen,
-                max_new_tokens=6, seed=0)
-    assert [m["role"] for m in talk] == ["user", "assistant"]              # /reset dropped the first exchange
+    talk = chat(
+        tiny_run[0] / "ppo",
+        stdin=io.StringIO("Hello!\n/reset\nName a color.\n/exit\n"),
+        stdout=screen,
+        max_new_tokens=6,
+        seed=0,
+    )
+    assert [m["role"] for m in talk] == ["user", "assistant"]  # /reset dropped the first exchange
     assert talk[0]["content"] == "Name a color." and talk[1]["content"] in screen.getvalue()
     assert screen.getvalue().count("bot> ") == 2
     r = _command("chat", "--adapter", str(tiny_run[0] / "dpo"), "--max-new-tokens", "5", "--seed", "0", stdin="Hi\n")
@@ -199,16 +237,34 @@ def test_chat_streams_replies(tiny_run):
 
 
 def test_two_processes(tiny_run, tmp_path):
-    if shutil.which("torchrun") is None: pytest.skip("torchrun is not installed")
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
     out = tmp_path / "ddp"
-    r = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "alignbook.pipeline", "pipeline",
-                        "--preset", "tiny", "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            "torchrun",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "alignbook.pipeline",
+            "pipeline",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert [line for line in r.stdout.splitlines() if line.startswith("report: ")] == [f"report: {out / 'report.md'}"]
-    assert r.stdout.count("[5/5] report: base") == 1        # the main process logs and reports; the other one waited
+    assert r.stdout.count("[5/5] report: base") == 1  # the main process logs and reports; the other one waited
     assert [row[0] for row in _table((out / "report.md").read_text())] == POLICIES
-    for stage in ("sft", "dpo"):                            # both processes trained: each step saw twice the rows
+    for stage in ("sft", "dpo"):  # both processes trained: each step saw twice the rows
         two = json.loads((out / stage / "history.json").read_text())
         one = json.loads((tiny_run[0] / stage / "history.json").read_text())
         assert [r["epoch"] for r in two] == [2 * r["epoch"] for r in one]
@@ -219,10 +275,14 @@ def test_two_processes(tiny_run, tmp_path):
 @pytest.mark.parametrize("preset", ["quick", "course", "gpu"])
 def test_presets_have_the_data_they_ask_for(preset):
     from alignbook.pipeline import pipeline_data, pipeline_tokenizers, trainer_settings
+
     cfg = settings_for(preset)
-    trainer_settings(cfg)                                   # every trainer accepts the preset's settings
+    trainer_settings(cfg)  # every trainer accepts the preset's settings
     tok, rtok = pipeline_tokenizers(cfg.model)
-    data = pipeline_data(cfg, tok, rtok)                    # enough pairs fit max_pair_tokens in the held-in split
-    assert (len(data["pairs"]), len(data["judge_pairs"]), len(data["eval_prompts"])) == (cfg.pairs, cfg.judge_pairs,
-                                                                                          cfg.eval_prompts)
+    data = pipeline_data(cfg, tok, rtok)  # enough pairs fit max_pair_tokens in the held-in split
+    assert (len(data["pairs"]), len(data["judge_pairs"]), len(data["eval_prompts"])) == (
+        cfg.pairs,
+        cfg.judge_pairs,
+        cfg.eval_prompts,
+    )
     assert cfg.test_pairs is None or len(data["test_pairs"]) == cfg.test_pairs

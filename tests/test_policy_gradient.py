@@ -1,4 +1,6 @@
-"Score-function estimators against exact gradients; baselines; the clipped surrogate; bad rewards refused before updating."
+"""Score-function estimators against exact gradients; baselines; the clipped surrogate; bad rewards refused before
+updating."""
+
 import math
 
 import pandas as pd
@@ -24,6 +26,7 @@ from alignbook.policy_gradient import (
     train_reinforce,
 )
 
+
 def test_categorical_estimate_is_unbiased():
     theta = torch.tensor([0.3, -0.2, 1.0, 0.0], dtype=torch.float64, requires_grad=True)
     f = torch.tensor([2.0, -1.0, 0.5, 4.0], dtype=torch.float64)
@@ -37,7 +40,7 @@ def test_categorical_estimate_is_unbiased():
 def test_gaussian_estimate_converges_to_the_closed_form():
     mu = torch.tensor(-0.2, dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
-    (1 - torch.special.ndtr((0.5 - mu) / sigma)).backward()        # P(y > 0.5)
+    (1 - torch.special.ndtr((0.5 - mu) / sigma)).backward()  # P(y > 0.5)
     est = gaussian_score_estimate(-0.2, 1.3, lambda y: (y > 0.5).double(), 2_000_000, torch.Generator().manual_seed(0))
     torch.testing.assert_close(est, torch.stack([mu.grad, sigma.grad]), rtol=0, atol=3e-3)
 
@@ -46,11 +49,14 @@ def test_batch_mean_baseline_shrinks_the_gradient_by_one_minus_one_over_n_and_lo
     theta = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64)
     f = torch.tensor([1.0, 3.0, -2.0], dtype=torch.float64)
     p, n, g = F.softmax(theta, -1), 4, torch.Generator().manual_seed(0)
-    exact = p * (f - (p * f).sum())                                   # ∇θ Σ p f for a softmax
+    exact = p * (f - (p * f).sum())  # ∇θ Σ p f for a softmax
     mean_b, loo = [], []
     for _ in range(40000):
-        y = torch.multinomial(p, n, replacement=True, generator=g); r = f[y]; s = F.one_hot(y, 3) - p
-        mean_b.append(((r - r.mean())[:, None] * s).mean(0)); loo.append(((r - leave_one_out_baseline(r))[:, None] * s).mean(0))
+        y = torch.multinomial(p, n, replacement=True, generator=g)
+        r = f[y]
+        s = F.one_hot(y, 3) - p
+        mean_b.append(((r - r.mean())[:, None] * s).mean(0))
+        loo.append(((r - leave_one_out_baseline(r))[:, None] * s).mean(0))
     mean_b, loo = torch.stack(mean_b), torch.stack(loo)
     se_m, se_l = mean_b.std(0) / 200, loo.std(0) / 200
     assert ((loo.mean(0) - exact).abs() < 4 * se_l).all()
@@ -58,7 +64,10 @@ def test_batch_mean_baseline_shrinks_the_gradient_by_one_minus_one_over_n_and_lo
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3), st.floats(-5, 5)), min_size=1, max_size=12), st.floats(0.05, 0.5))
+@given(
+    st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3), st.floats(-5, 5)), min_size=1, max_size=12),
+    st.floats(0.05, 0.5),
+)
 def test_clipped_surrogate_matches_its_definition(rows, eps):
     new, old, adv = (torch.tensor(c, dtype=torch.float64) for c in zip(*rows))
     ratio = (new - old).exp()
@@ -67,9 +76,10 @@ def test_clipped_surrogate_matches_its_definition(rows, eps):
 
 
 def test_clipped_surrogate_is_the_policy_gradient_at_ratio_one():
-    logp = torch.randn(16, dtype=torch.float64, requires_grad=True); adv = torch.randn(16, dtype=torch.float64)
-    g1, = torch.autograd.grad(clipped_surrogate(logp, logp.detach(), adv), logp)
-    g2, = torch.autograd.grad(reinforce_loss(logp, adv), logp)
+    logp = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    adv = torch.randn(16, dtype=torch.float64)
+    (g1,) = torch.autograd.grad(clipped_surrogate(logp, logp.detach(), adv), logp)
+    (g2,) = torch.autograd.grad(reinforce_loss(logp, adv), logp)
     torch.testing.assert_close(g1, g2)
 
 
@@ -78,11 +88,16 @@ def test_bad_rewards_are_refused_before_any_update():
     inject_lora(policy, ["q_proj"], r=2)
     before = {n: p.clone() for n, p in policy.named_parameters()}
     s = ReinforceSettings(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4)
-    for bad, msg in [(lambda texts, done: [float("nan")] * len(texts), "non-finite"), (lambda texts, done: [1.0], "must return 4")]:
+    for bad, msg in [
+        (lambda texts, done: [float("nan")] * len(texts), "non-finite"),
+        (lambda texts, done: [1.0], "must return 4"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             train_reinforce(policy, ["Hello", "Hi there"], s, tok, bad, ref)
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
-    log = pd.DataFrame(train_reinforce(policy, ["Hello", "Hi there"], s, tok, lambda texts, done: [1.0] * len(texts), ref))
+    log = pd.DataFrame(
+        train_reinforce(policy, ["Hello", "Hi there"], s, tok, lambda texts, done: [1.0] * len(texts), ref)
+    )
     assert {"step", "loss", "learning_rate", "grad_norm", "reward", "kl", "completions/mean_length"} <= set(log.columns)
     assert log.reward.iloc[0] == 1.0 and log.step.tolist() == [1]
 
@@ -96,7 +111,8 @@ def test_response_mask_and_reward_checks():
 
 
 def _frozen(model):
-    for p in model.parameters(): p.requires_grad_(False)
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model
 
 
@@ -105,7 +121,8 @@ def _policy(seed=0, targets=("layers.1.self_attn.q_proj", "layers.1.self_attn.v_
     policy = inject_lora(load_model(TINY, device="cpu"), list(targets), r=4)
     with torch.no_grad():
         for n, p in policy.named_parameters():
-            if "lora_B" in n: p.normal_(0, 0.3)   # so that the policy differs from the reference
+            if "lora_B" in n:
+                p.normal_(0, 0.3)  # so that the policy differs from the reference
     return policy
 
 
@@ -114,11 +131,15 @@ def test_shared_trunk_equals_two_full_forward_passes():
     assert shared_trunk_depth(policy, ref) == 1
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 5000, (3, 12), generator=g)
-    attn = torch.ones_like(ids); attn[0, :4] = 0; attn[2, 10:] = 0            # left padding, and a finished row
-    comp = torch.zeros_like(ids); comp[:, 6:] = 1
+    attn = torch.ones_like(ids)
+    attn[0, :4] = 0
+    attn[2, 10:] = 0  # left padding, and a finished row
+    comp = torch.zeros_like(ids)
+    comp[:, 6:] = 1
     full, full_ref = policy_and_ref_logprobs(policy, ref, ids, attn, comp)
     fast, fast_ref = policy_and_ref_logprobs(policy, ref, ids, attn, comp, first_layer=1)
-    torch.testing.assert_close(fast, full); torch.testing.assert_close(fast_ref, full_ref)
+    torch.testing.assert_close(fast, full)
+    torch.testing.assert_close(fast_ref, full_ref)
     assert (fast[2, 9:] == 0).all() and (fast[:, :5] == 0).all() and (full - full_ref).abs().max() > 1e-2
     params = [p for p in policy.parameters() if p.requires_grad]
     for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(full.sum(), params)):
@@ -127,12 +148,15 @@ def test_shared_trunk_equals_two_full_forward_passes():
 
 def test_shared_trunk_is_refused_where_it_would_change_the_answer():
     ref = _frozen(load_model(TINY, device="cpu"))
-    assert shared_trunk_depth(_policy(), _frozen(load_model(TINY, device="cpu", seed=1))) is None   # other reference weights
-    embeddings = _policy(); embeddings.model.embed_tokens.weight.requires_grad_(True)
-    assert shared_trunk_depth(embeddings, ref) is None                                              # a trainable trunk
-    assert shared_trunk_depth(_frozen(load_model(TINY, device="cpu")), ref) is None                 # nothing trainable
-    assert shared_trunk_depth(torch.nn.Linear(2, 2), ref) is None                                   # no model.layers
-    assert shared_trunk_depth(_policy(targets=["layers.0.self_attn.q_proj"]), ref) == 0             # embeddings only
+    assert (
+        shared_trunk_depth(_policy(), _frozen(load_model(TINY, device="cpu", seed=1))) is None
+    )  # other reference weights
+    embeddings = _policy()
+    embeddings.model.embed_tokens.weight.requires_grad_(True)
+    assert shared_trunk_depth(embeddings, ref) is None  # a trainable trunk
+    assert shared_trunk_depth(_frozen(load_model(TINY, device="cpu")), ref) is None  # nothing trainable
+    assert shared_trunk_depth(torch.nn.Linear(2, 2), ref) is None  # no model.layers
+    assert shared_trunk_depth(_policy(targets=["layers.0.self_attn.q_proj"]), ref) == 0  # embeddings only
 
 
 def test_train_reinforce_is_the_same_with_and_without_the_shared_trunk():
@@ -141,12 +165,16 @@ def test_train_reinforce_is_the_same_with_and_without_the_shared_trunk():
     out = {}
     for shared in (True, False):
         policy = _policy()
-        s = ReinforceSettings(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, shared_trunk=shared)
+        s = ReinforceSettings(
+            steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, shared_trunk=shared
+        )
         log = train_reinforce(policy, ["Hello", "Hi there", "Name a color"], s, tok, reward, ref)
         out[shared] = pd.DataFrame(log).drop(columns=["tokens_per_second"]), policy
     (log_a, pol_a), (log_b, pol_b) = out[True], out[False]
     assert log_a.kl.abs().max() > 0
-    pd_close = lambda a, b: torch.testing.assert_close(torch.tensor(a.values), torch.tensor(b.values), rtol=1e-4, atol=1e-5)
+    pd_close = lambda a, b: torch.testing.assert_close(
+        torch.tensor(a.values), torch.tensor(b.values), rtol=1e-4, atol=1e-5
+    )
     pd_close(log_a, log_b)
     for (n, a), b in zip(pol_a.named_parameters(), pol_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)

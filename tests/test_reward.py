@@ -45,10 +45,19 @@ def test_pairwise_loss_shift_invariance_and_gradient(pairs, c):
 
 def test_loss_equals_trl_compute_loss_with_margin_and_centering():
     model, tok = load_reward_model(TINY)
-    rows = [dict(prompt="\n\nHuman: hi\n\nAssistant:", chosen=" Hello there!", rejected=" No.", margin=0.5),
-            dict(prompt="\n\nHuman: 2+2?\n\nAssistant:", chosen=" 4", rejected=" 5, I think", margin=1.5)]
-    args = RewardConfig(output_dir="/tmp/alignbook_test_rm", report_to=[], use_cpu=True, bf16=False,
-                        center_rewards_coefficient=0.01, per_device_train_batch_size=2, activation_checkpointing=False)
+    rows = [
+        dict(prompt="\n\nHuman: hi\n\nAssistant:", chosen=" Hello there!", rejected=" No.", margin=0.5),
+        dict(prompt="\n\nHuman: 2+2?\n\nAssistant:", chosen=" 4", rejected=" 5, I think", margin=1.5),
+    ]
+    args = RewardConfig(
+        output_dir="/tmp/alignbook_test_rm",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        center_rewards_coefficient=0.01,
+        per_device_train_batch_size=2,
+        activation_checkpointing=False,
+    )
     trainer = RewardTrainer(model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     with torch.no_grad():
@@ -65,7 +74,11 @@ def test_loss_equals_trl_compute_loss_with_margin_and_centering():
 def test_reward_scores_equal_transformers_with_a_dedicated_pad(side):
     model, tok = load_reward_model(TINY)
     tok.padding_side = side
-    b = tok(["a long sentence with many words" + tok.eos_token, "short" + tok.eos_token, "x"], return_tensors="pt", padding=True)
+    b = tok(
+        ["a long sentence with many words" + tok.eos_token, "short" + tok.eos_token, "x"],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         torch.testing.assert_close(reward_scores(model, **b), model(**b).logits.squeeze(-1), rtol=1e-5, atol=1e-6)
 
@@ -73,9 +86,13 @@ def test_reward_scores_equal_transformers_with_a_dedicated_pad(side):
 def test_cached_features_equal_the_full_model():
     model, tok = load_reward_model(TINY, num_hidden_layers=4)
     g = torch.Generator().manual_seed(0)
-    pairs = [dict(chosen_ids=torch.randint(3, 1000, (int(n),), generator=g).tolist(),
-                  rejected_ids=torch.randint(3, 1000, (int(m),), generator=g).tolist())
-             for n, m in torch.randint(1, 40, (6, 2), generator=g)]
+    pairs = [
+        dict(
+            chosen_ids=torch.randint(3, 1000, (int(n),), generator=g).tolist(),
+            rejected_ids=torch.randint(3, 1000, (int(m),), generator=g).tolist(),
+        )
+        for n, m in torch.randint(1, 40, (6, 2), generator=g)
+    ]
     for k in (1, 2, 4):
         feats = cache_features(model, pairs, k, tok.pad_token_id, batch_size=4)
         with torch.no_grad():
@@ -102,8 +119,12 @@ def test_win_rate_wilson_interval():
 
 def test_bad_input():
     _, tok = load_reward_model(TINY)
-    rows = [dict(prompt="p", chosen="a", rejected="a"), dict(prompt="p", chosen=" ", rejected="b"),
-            dict(prompt="p" * 2000, chosen="a", rejected="b"), dict(prompt="p", chosen="a", rejected="b")]
+    rows = [
+        dict(prompt="p", chosen="a", rejected="a"),
+        dict(prompt="p", chosen=" ", rejected="b"),
+        dict(prompt="p" * 2000, chosen="a", rejected="b"),
+        dict(prompt="p", chosen="a", rejected="b"),
+    ]
     with pytest.warns(UserWarning, match="dropped 3 of 4 pairs"):
         assert len(tokenize_pairs(rows, tok, max_length=64)) == 1
     with pytest.raises(ValueError, match="one output"):
@@ -115,14 +136,17 @@ def test_bad_input():
 def test_paired_accuracy_sign_test_equals_scipy_binomtest():
     scipy_stats = pytest.importorskip("scipy.stats")
     from alignbook.reward import pair_outcomes, paired_accuracy
+
     g = torch.Generator().manual_seed(0)
     for n, p_a, p_b in [(50, 0.7, 0.6), (152, 0.7, 0.66), (400, 0.55, 0.55)]:
-        a = pair_outcomes(p_a - torch.rand(n, generator=g), torch.zeros(n))   # right with probability p_a
+        a = pair_outcomes(p_a - torch.rand(n, generator=g), torch.zeros(n))  # right with probability p_a
         b = pair_outcomes(p_b - torch.rand(n, generator=g), torch.zeros(n))
         r = paired_accuracy(a, b)
         k, m = r["a_better"], r["a_better"] + r["b_better"]
         assert r["p_value"] == pytest.approx(scipy_stats.binomtest(k, m, 0.5).pvalue, rel=1e-9)
         d = (a - b).numpy()
-        assert r["difference"] == pytest.approx(d.mean()) and r["half_width"] == pytest.approx(1.96 * d.std(ddof=1) / n ** 0.5)
+        assert r["difference"] == pytest.approx(d.mean()) and r["half_width"] == pytest.approx(
+            1.96 * d.std(ddof=1) / n**0.5
+        )
     ties = paired_accuracy(torch.tensor([0.5, 1.0, 1.0]), torch.tensor([0.0, 0.5, 1.0]))
-    assert (ties["a_better"], ties["b_better"]) == (2, 0)    # a half point counts as a direction, as in win_rate
+    assert (ties["a_better"], ties["b_better"]) == (2, 0)  # a half point counts as a direction, as in win_rate

@@ -1,4 +1,5 @@
-"Every logits transform equals transformers' processor (property tests); generate equals model.generate token for token."
+"""Every logits transform equals transformers' processor (property tests); generate equals model.generate token for
+token."""
 
 import pytest
 import torch
@@ -25,9 +26,19 @@ from alignbook.sampling import (
 
 # logits with many ties (values drawn from a small set) and negative values, 1-3 rows, vocab 1-40
 small_values = st.sampled_from([-3.0, -1.5, -1.0, 0.0, 0.5, 1.0, 1.0, 2.0, 2.5])
-logits_st = st.integers(1, 3).flatmap(lambda b: st.integers(1, 40).flatmap(
-    lambda v: st.lists(st.lists(st.one_of(small_values, st.floats(-20, 20, width=32)), min_size=v, max_size=v),
-                       min_size=b, max_size=b))).map(lambda x: torch.tensor(x, dtype=torch.float32))
+logits_st = (
+    st.integers(1, 3)
+    .flatmap(
+        lambda b: st.integers(1, 40).flatmap(
+            lambda v: st.lists(
+                st.lists(st.one_of(small_values, st.floats(-20, 20, width=32)), min_size=v, max_size=v),
+                min_size=b,
+                max_size=b,
+            )
+        )
+    )
+    .map(lambda x: torch.tensor(x, dtype=torch.float32))
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -59,7 +70,9 @@ def test_top_p_keeps_the_crossing_token():
 def test_repetition_penalty(z, penalty, data):
     b, v = z.shape
     n = data.draw(st.integers(1, 12))
-    ids = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, v - 1), min_size=n, max_size=n), min_size=b, max_size=b)))
+    ids = torch.tensor(
+        data.draw(st.lists(st.lists(st.integers(0, v - 1), min_size=n, max_size=n), min_size=b, max_size=b))
+    )
     assert torch.equal(apply_repetition_penalty(z, ids, penalty), RepetitionPenaltyLogitsProcessor(penalty)(ids, z))
     pads = torch.tensor(data.draw(st.lists(st.integers(0, n - 1), min_size=b, max_size=b)))  # left padding per row
     mask = (torch.arange(n)[None] >= pads[:, None]).long()
@@ -73,13 +86,26 @@ def test_min_new_tokens(z, generated, minimum, data):
     v = z.shape[1]
     stops = data.draw(st.lists(st.integers(0, v - 1), min_size=1, max_size=3, unique=True))
     ids = torch.zeros(z.shape[0], 3 + generated, dtype=torch.long)
-    assert torch.equal(suppress_stop_tokens(z, stops, generated, minimum),
-                       MinNewTokensLengthLogitsProcessor(3, minimum, stops)(ids, z))
+    assert torch.equal(
+        suppress_stop_tokens(z, stops, generated, minimum), MinNewTokensLengthLogitsProcessor(3, minimum, stops)(ids, z)
+    )
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=0.0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.01),
-                                 dict(top_k=-1), dict(min_new_tokens=5, max_new_tokens=4), dict(max_new_tokens=0),
-                                 dict(repetition_penalty=0.0), dict(num_beams=2, do_sample=True), dict(early_stopping="soon")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=0.0),
+        dict(temperature=-1.0),
+        dict(top_p=0.0),
+        dict(top_p=1.01),
+        dict(top_k=-1),
+        dict(min_new_tokens=5, max_new_tokens=4),
+        dict(max_new_tokens=0),
+        dict(repetition_penalty=0.0),
+        dict(num_beams=2, do_sample=True),
+        dict(early_stopping="soon"),
+    ],
+)
 def test_bad_settings_are_value_errors(bad):
     with pytest.raises(ValueError):
         GenerationSettings(**bad)
@@ -89,30 +115,50 @@ def test_bad_settings_are_value_errors(bad):
 @pytest.fixture(scope="module")
 def tiny_batch():
     model, tok = load_model(TINY, device="cpu"), load_tokenizer(TINY, padding_side="left")
-    batch = tok(["Hello there, how are", "A", "The quick brown fox jumps over the lazy"], return_tensors="pt", padding=True)
+    batch = tok(
+        ["Hello there, how are", "A", "The quick brown fox jumps over the lazy"], return_tensors="pt", padding=True
+    )
     return model, batch
 
 
-@pytest.mark.parametrize("knobs", [
-    dict(), dict(repetition_penalty=1.5), dict(min_new_tokens=5, max_new_tokens=7), dict(eos_token_id=[2, 17, 300]),
-    dict(do_sample=True), dict(do_sample=True, temperature=0.01), dict(do_sample=True, temperature=2.5, top_k=5),
-    dict(do_sample=True, top_p=0.3, repetition_penalty=1.3), dict(do_sample=True, top_k=1),
-    dict(do_sample=True, top_k=100_000, top_p=0.95, num_return_sequences=3),
-])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(),
+        dict(repetition_penalty=1.5),
+        dict(min_new_tokens=5, max_new_tokens=7),
+        dict(eos_token_id=[2, 17, 300]),
+        dict(do_sample=True),
+        dict(do_sample=True, temperature=0.01),
+        dict(do_sample=True, temperature=2.5, top_k=5),
+        dict(do_sample=True, top_p=0.3, repetition_penalty=1.3),
+        dict(do_sample=True, top_k=1),
+        dict(do_sample=True, top_k=100_000, top_p=0.95, num_return_sequences=3),
+    ],
+)
 def test_generate_equals_transformers(tiny_batch, knobs):
     model, batch = tiny_batch
     knobs = {"max_new_tokens": 12, **knobs}
     for seed in range(3):
-        torch.manual_seed(seed); ours = generate(model, **batch, **knobs)
-        torch.manual_seed(seed); theirs = model.generate(**batch, **{"do_sample": False, **knobs})
+        torch.manual_seed(seed)
+        ours = generate(model, **batch, **knobs)
+        torch.manual_seed(seed)
+        theirs = model.generate(**batch, **{"do_sample": False, **knobs})
         assert torch.equal(ours, theirs), knobs
 
 
-@pytest.mark.parametrize("knobs", [
-    dict(num_beams=2), dict(num_beams=4, num_return_sequences=4), dict(num_beams=3, length_penalty=0.0),
-    dict(num_beams=3, length_penalty=-1.0, early_stopping=True), dict(num_beams=5, length_penalty=2.0, early_stopping="never"),
-    dict(num_beams=3, repetition_penalty=1.4, min_new_tokens=4), dict(num_beams=4, eos_token_id=[2, 5, 9, 11, 300]),
-])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(num_beams=2),
+        dict(num_beams=4, num_return_sequences=4),
+        dict(num_beams=3, length_penalty=0.0),
+        dict(num_beams=3, length_penalty=-1.0, early_stopping=True),
+        dict(num_beams=5, length_penalty=2.0, early_stopping="never"),
+        dict(num_beams=3, repetition_penalty=1.4, min_new_tokens=4),
+        dict(num_beams=4, eos_token_id=[2, 5, 9, 11, 300]),
+    ],
+)
 def test_beam_search_equals_transformers(tiny_batch, knobs):
     model, batch = tiny_batch
     for n in (6, 15):
@@ -133,11 +179,15 @@ def test_model_generation_config_defaults_apply_as_in_transformers():
     model, tok = load_model(TINY, device="cpu"), load_tokenizer(TINY, padding_side="left")
     model.generation_config.temperature, model.generation_config.top_p, model.generation_config.top_k = 0.6, 0.8, 7
     batch = tok(["Hello there", "Hi"], return_tensors="pt", padding=True)
-    torch.manual_seed(0); ours = generate(model, **batch, do_sample=True, max_new_tokens=10)
-    torch.manual_seed(0); theirs = model.generate(**batch, do_sample=True, max_new_tokens=10)
+    torch.manual_seed(0)
+    ours = generate(model, **batch, do_sample=True, max_new_tokens=10)
+    torch.manual_seed(0)
+    theirs = model.generate(**batch, do_sample=True, max_new_tokens=10)
     assert torch.equal(ours, theirs)
-    torch.manual_seed(0); ours = generate(model, **batch, do_sample=True, max_new_tokens=10, top_k=0, temperature=1.5)
-    torch.manual_seed(0); theirs = model.generate(**batch, do_sample=True, max_new_tokens=10, top_k=0, temperature=1.5)
+    torch.manual_seed(0)
+    ours = generate(model, **batch, do_sample=True, max_new_tokens=10, top_k=0, temperature=1.5)
+    torch.manual_seed(0)
+    theirs = model.generate(**batch, do_sample=True, max_new_tokens=10, top_k=0, temperature=1.5)
     assert torch.equal(ours, theirs)
 
 
@@ -146,19 +196,34 @@ def test_generate_streams_like_transformers():
     import io
 
     from transformers import TextStreamer
+
     class Collect(TextStreamer):
         def __init__(self, tok):
             super().__init__(tok, skip_prompt=True, skip_special_tokens=True)
             self.text = io.StringIO()
-        def on_finalized_text(self, text, stream_end=False): self.text.write(text)
+
+        def on_finalized_text(self, text, stream_end=False):
+            self.text.write(text)
+
     tok = load_tokenizer(TINY)
     model = load_model(TINY, device="cpu")
     enc = tok(["The capital of France is"], return_tensors="pt")
     ours, theirs = Collect(tok), Collect(tok)
     ids = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=12, do_sample=False, streamer=ours)
     model.generate(**enc, max_new_tokens=12, do_sample=False, streamer=theirs, pad_token_id=tok.pad_token_id)
-    assert ours.text.getvalue() == theirs.text.getvalue() == tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert (
+        ours.text.getvalue()
+        == theirs.text.getvalue()
+        == tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    )
     assert len(ours.text.getvalue()) > 10
     with pytest.raises(ValueError, match="a streamer shows one sequence"):
-        generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=2, num_return_sequences=2, do_sample=True,
-                 streamer=Collect(tok))
+        generate(
+            model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            max_new_tokens=2,
+            num_return_sequences=2,
+            do_sample=True,
+            streamer=Collect(tok),
+        )

@@ -20,6 +20,7 @@ from alignbook.sft import (
     train_sft,
 )
 
+
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer()
@@ -27,9 +28,19 @@ def tok():
 
 def trl_batch(rows, tok):
     "TRL's labels for prompt/completion `rows`: SFTTrainer's prepared dataset through its data collator."
-    args = SFTConfig(output_dir="/tmp/alignbook_test_sft", report_to=[], use_cpu=True, bf16=False, max_length=None,
-                     completion_only_loss=True, per_device_train_batch_size=len(rows), activation_checkpointing=False)
-    trainer = SFTTrainer(load_model(TINY, device="cpu"), args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    args = SFTConfig(
+        output_dir="/tmp/alignbook_test_sft",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        max_length=None,
+        completion_only_loss=True,
+        per_device_train_batch_size=len(rows),
+        activation_checkpointing=False,
+    )
+    trainer = SFTTrainer(
+        load_model(TINY, device="cpu"), args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+    )
     return trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
 
 
@@ -60,8 +71,12 @@ def test_unmasked_labels_every_real_token(tok):
 
 
 def test_prepare_counts_every_dropped_row(tok):
-    rows = [dict(instruction="Say hi", output="hi"), dict(instruction="Say hi", output=" "), dict(output="x"),
-            dict(instruction="Long " * 300, output="ok")]
+    rows = [
+        dict(instruction="Say hi", output="hi"),
+        dict(instruction="Say hi", output=" "),
+        dict(output="x"),
+        dict(instruction="Long " * 300, output="ok"),
+    ]
     with pytest.warns(UserWarning, match=r"dropped 3 of 4 rows: .*1 longer than 64 tokens"):
         kept = prepare_sft(rows, tok, "alpaca", max_length=64)
     assert len(kept) == 1
@@ -72,7 +87,9 @@ def test_prepare_counts_every_dropped_row(tok):
 def test_train_only_and_bad_prefix():
     model = load_model(TINY, device="cpu")
     n = train_only(model, top_layers(model, 1))
-    assert n == sum(p.numel() for name, p in model.named_parameters() if name.startswith(("model.layers.1.", "model.norm.")))
+    assert n == sum(
+        p.numel() for name, p in model.named_parameters() if name.startswith(("model.layers.1.", "model.norm."))
+    )
     with pytest.raises(ValueError, match="no parameter"):
         train_only(model, ["decoder.block."])
 

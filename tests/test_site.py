@@ -1,5 +1,7 @@
-"""The site, as far as it can be checked without Quarto: nbdev processes every notebook, the sidebar lists every chapter,
+"""The site, as far as it can be checked without Quarto: nbdev processes every notebook, the sidebar lists every
+chapter,
 and each processed page, rendered to HTML, holds its figures and equations (tools/check_site.py)."""
+
 import runpy
 import shutil
 from pathlib import Path
@@ -15,21 +17,30 @@ def test_every_notebook_is_in_the_sidebar():
 
 
 def test_site_pages_hold_their_figures_and_equations():
-    if shutil.which("nbdev-proc-nbs") is None: pytest.skip("nbdev is not installed")
+    if shutil.which("nbdev-proc-nbs") is None:
+        pytest.skip("nbdev is not installed")
     pages = {p["page"]: p for p in CHECK["check_site"]()}
-    assert pages["08_dpo.ipynb"]["figures"] >= 3 and pages["07_ppo.ipynb"]["equations"] >= 20   # they have some to lose
+    assert pages["08_dpo.ipynb"]["figures"] >= 3 and pages["07_ppo.ipynb"]["equations"] >= 20  # they have some to lose
     assert all(p["ok"] for p in pages.values())
 
 
 def test_the_check_can_fail(tmp_path, monkeypatch):
     import nbformat
-    page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("The loss is $-\\log \\sigma(\\beta x)$."),
-                                           nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output(
-                                               "display_data", data={"image/png": "iVBORw0KGgo="})])])
+
+    page = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("The loss is $-\\log \\sigma(\\beta x)$."),
+            nbformat.v4.new_code_cell(
+                "1", outputs=[nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})]
+            ),
+        ]
+    )
     (tmp_path / "nbs").mkdir()
     (tmp_path / "proc").mkdir()
     nbformat.write(page, tmp_path / "nbs" / "x.ipynb")
-    lost = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("The loss is gone."), nbformat.v4.new_code_cell("1")])
+    lost = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("The loss is gone."), nbformat.v4.new_code_cell("1")]
+    )
     nbformat.write(lost, tmp_path / "proc" / "x.ipynb")
     check = CHECK["check_page"]
     monkeypatch.setitem(check.__globals__, "NBS", tmp_path / "nbs")

@@ -1,9 +1,12 @@
-"""Run SFT, reward, REINFORCE, PPO and DPO training on the tiny model, in one process or under torchrun, and save what came out.
+"""Run SFT, reward, REINFORCE, PPO and DPO training on the tiny model, in one process or under torchrun, and save what
+came out.
 
 python tests/scripts/ddp_trainers.py OUT BATCH        one process, BATCH rows per step
 torchrun --nproc_per_node 2 tests/scripts/ddp_trainers.py OUT BATCH   two processes, BATCH rows each
-Writes OUT/{sft,reward,features,dpo}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt and OUT/ppo_rank{R}.pt from each.
+Writes OUT/{sft,reward,features,dpo}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt and
+OUT/ppo_rank{R}.pt from each.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -24,10 +27,15 @@ accelerator, _ = prepare(torch.nn.Linear(1, 1))
 main, rank = accelerator.is_main_process, accelerator.process_index
 words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
+
 def save(name, history, model):
-    if not main: return
+    if not main:
+        return
     (out / f"{name}_history.json").write_text(json.dumps(history))
-    torch.save({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, out / f"{name}_weights.pt")
+    torch.save(
+        {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, out / f"{name}_weights.pt"
+    )
+
 
 # SFT: completions of different lengths, so that the ranks hold different token counts
 tok = load_tokenizer(TINY)
@@ -38,8 +46,10 @@ save("sft", train_sft(model, rows, SFTSettings(steps=3, batch_size=batch, lr=1e-
 
 # reward: token pairs (the whole model runs) and cached features (the top layer runs)
 rm, rtok = load_reward_model(TINY)
-pairs = tokenize_pairs([dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12])
-                        for i in range(16)], rtok)
+pairs = tokenize_pairs(
+    [dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12]) for i in range(16)],
+    rtok,
+)
 train_only(rm, ["model.layers.1.", "model.norm.", "score."])
 save("reward", train_reward(rm, pairs, RewardSettings(steps=3, batch_size=batch, lr=1e-2, top_k=1), rtok), rm)
 rm, rtok = load_reward_model(TINY)
@@ -49,23 +59,34 @@ save("features", train_reward(rm, feats, RewardSettings(steps=3, batch_size=batc
 
 # REINFORCE: each rank samples its own responses; the ranks must stay in sync
 policy, ref = inject_lora(load_model(TINY, device="cpu"), ["q_proj", "v_proj"], r=2), load_model(TINY, device="cpu")
-for p in ref.parameters(): p.requires_grad_(False)
+for p in ref.parameters():
+    p.requires_grad_(False)
 cfg = ReinforceSettings(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2)
-history = train_reinforce(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
-torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
-           out / f"reinforce_rank{rank}.pt")
+history = train_reinforce(
+    policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref
+)
+torch.save(
+    dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
+    out / f"reinforce_rank{rank}.pt",
+)
 
 # PPO: the same, with a value head and several minibatch steps per batch; the pad token must not be EOS
 tok.pad_token = "<|endoftext|>"
 policy = inject_lora(load_model(TINY, device="cpu"), ["q_proj", "v_proj"], r=2)
-cfg = PPOSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, ppo_epochs=2, num_minibatches=2)
+cfg = PPOSettings(
+    steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-2, ppo_epochs=2, num_minibatches=2
+)
 history = train_ppo(policy, ["Hello", "Hi there", "Name a color"], cfg, tok, lambda t, d: [len(x) / 10 for x in t], ref)
-torch.save(dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
-           out / f"ppo_rank{rank}.pt")
+torch.save(
+    dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
+    out / f"ppo_rank{rank}.pt",
+)
 
 # DPO: pairs of different lengths; the reference is the policy with its adapters off, the trunk below layer 1 shared
-pref = [dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12]) for i in range(16)]
-torch.manual_seed(0)   # inject_lora draws A from the global generator: the same start in every run
+pref = [
+    dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12]) for i in range(16)
+]
+torch.manual_seed(0)  # inject_lora draws A from the global generator: the same start in every run
 policy = inject_lora(load_model(TINY, device="cpu"), ["layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"], r=2)
 save("dpo", train_dpo(policy, pref, DPOSettings(steps=3, batch_size=batch, lr=1e-2, beta=0.5), tok), policy)
 
