@@ -129,7 +129,7 @@ def _source_file(name: str, key: str | None = None) -> Path | None:
     path = root / src.folder / src.files[key]
     return path if path.exists() else None
 
-
+# %% ../nbs/00b_data.ipynb #c57475d0
 def source_info(name: str) -> str:
     "The license paragraph of `name`'s SOURCE.md (or its hub id when there is no local copy)."
     f = _source_file(name)
@@ -171,7 +171,7 @@ def _problem(row: dict, fields: list[str], distinct: tuple | None = None, may_be
         return f"{distinct[0]} == {distinct[1]}"
     return None
 
-
+# %% ../nbs/00b_data.ipynb #6d00740f
 def clean_rows(
     rows: list[dict], fields: list[str], distinct: tuple | None = None, may_be_empty: tuple = ()
 ) -> tuple[list[dict], Counter]:
@@ -188,7 +188,7 @@ def clean_rows(
             kept.append({f: r[f] for f in fields})
     return kept, dropped
 
-
+# %% ../nbs/00b_data.ipynb #830b03e5
 def _to_dataset(
     name: str,
     rows: list[dict],
@@ -241,7 +241,7 @@ def _download(url: str, dataset: str) -> Path:
         tmp.rename(dest)
     return dest
 
-
+# %% ../nbs/00b_data.ipynb #c9645620
 def _hub_rows(dataset: str, key: str | None = None, **kwargs) -> list[dict]:
     """Rows of `dataset`'s file `key` from its remote copy (a pinned URL, files of a hub repository, or a hub dataset,
     `kwargs` for `load_dataset`), with a clear error when it cannot be reached."""
@@ -296,7 +296,7 @@ ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 def _message(turn: dict) -> dict:
     return {"role": ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
 
-
+# %% ../nbs/00b_data.ipynb #16f2e3b6
 def _winner(preference) -> int | None:
     "AlpacaEval's preference in [1, 2] (an average of judges): below 1.5 output_1 wins, above output_2, 1.5 is a tie."
     try:
@@ -305,7 +305,7 @@ def _winner(preference) -> int | None:
         return None
     return None if not 1 <= p <= 2 or p == 1.5 else 1 if p < 1.5 else 2
 
-
+# %% ../nbs/00b_data.ipynb #75028410
 def load_preferences(
     name: str = "hh-rlhf",  # a preference dataset of SOURCES
     subset: str | None = None,  # subset or split (default: the first)

@@ -58,7 +58,7 @@ def encode_prompt_completion(tokenizer, prompt: str, completion: str) -> dict:
         raise ValueError(f"empty completion for prompt {prompt[:50]!r}")
     return dict(input_ids=p + c, completion_mask=[0] * len(p) + [1] * len(c))
 
-
+# %% ../nbs/01_distributions.ipynb #f731cf8c
 def pad_batch(rows: list[dict], pad_token_id: int, side: str = "right") -> dict:
     "Pad the lists in `rows` (input_ids and any masks) to one length; adds `attention_mask`."
     if side not in ("left", "right"):

@@ -49,7 +49,7 @@ def common_prefix_length(a: list, b: list) -> int:
         n += 1
     return n
 
-
+# %% ../nbs/08_dpo.ipynb #4bae6eb4
 def explicit_prompt(row: dict) -> dict:
     "A preference row with its prompt explicit: TRL's implicit form (the prompt inside both completions) is split."
     for k in ("prompt", "chosen", "rejected"):
@@ -63,7 +63,7 @@ def explicit_prompt(row: dict) -> dict:
         n -= 1  # TRL keeps the space with the completion
     return dict(row, prompt=chosen[:n], chosen=chosen[n:], rejected=rejected[n:])
 
-
+# %% ../nbs/08_dpo.ipynb #981c23a3
 def preference_ids(row: dict, tokenizer) -> dict:
     "`prompt_ids`, `chosen_ids`, `rejected_ids` of one preference row, tokenized as TRL 1.16's `DPOTrainer` does."
     row = explicit_prompt(row)
@@ -87,12 +87,12 @@ def _cut(seq: list, max_length: int | None, truncation: str) -> list:
         return seq
     return seq[:max_length] if truncation == "keep_start" else seq[-max_length:]
 
-
+# %% ../nbs/08_dpo.ipynb #a8b730a3
 def _check_truncation(truncation: str):
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
 
-
+# %% ../nbs/08_dpo.ipynb #7733b9be
 def collate_preferences(
     rows: list[dict], pad_token_id: int, max_length: int | None = None, truncation: str = "keep_start"
 ) -> dict:
@@ -219,7 +219,7 @@ METRIC_NAMES = (
     "logps/rejected",
 )
 
-
+# %% ../nbs/08_dpo.ipynb #c7930f7e
 def preference_metrics(sums: torch.Tensor, n_pairs: int) -> dict:
     "TRL's metric names and values from `preference_sums` over `n_pairs` pairs."
     return {k: v.item() / n_pairs for k, v in zip(METRIC_NAMES, sums)}
@@ -245,7 +245,7 @@ def adapters_off(model):
         for name, layer in layers.items():
             layer.scaling = scalings[name]
 
-
+# %% ../nbs/08_dpo.ipynb #40cbbaab
 @torch.no_grad()
 def reference_logps(policy, batch: dict, ref=None) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed completion log-probs of a batch's chosen and rejected halves under `ref`, or `policy` with adapters off."
@@ -254,7 +254,7 @@ def reference_logps(policy, batch: dict, ref=None) -> tuple[torch.Tensor, torch.
     with adapters_off(policy):
         return completion_logps(policy, batch)
 
-
+# %% ../nbs/08_dpo.ipynb #7ebb1631
 def precompute_reference(
     policy,
     rows: list[dict],
@@ -330,7 +330,7 @@ class DPOSettings(TrainConfig):
         ]
         return super().problems() + [msg for ok, msg in checks if not ok]
 
-
+# %% ../nbs/08_dpo.ipynb #d4280d2e
 def check_dpo_reference(policy, ref):
     "Refuse a reference that is the policy, and adapters off as the reference while weights outside them are trained."
     if ref is not None:

@@ -57,7 +57,7 @@ def delta_weight(layer: LoRALinear) -> torch.Tensor:
     delta = (layer.lora_B.weight @ layer.lora_A.weight) * layer.scaling
     return (delta.T if layer.fan_in_fan_out else delta).to(layer.base_layer.weight.dtype)
 
-
+# %% ../nbs/05_lora.ipynb #cef93dac
 def merge(layer: LoRALinear):
     "Add the update into the base weight (inference without the extra matmuls)."
     if layer.merged:
@@ -66,7 +66,7 @@ def merge(layer: LoRALinear):
         layer.base_layer.weight += delta_weight(layer)
     layer.merged = True
 
-
+# %% ../nbs/05_lora.ipynb #d7a5d498
 def unmerge(layer: LoRALinear):
     "Subtract the update from the base weight again."
     if not layer.merged:
@@ -82,12 +82,12 @@ def _matches(name: str, targets: list[str] | str) -> bool:
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
 
-
+# %% ../nbs/05_lora.ipynb #420eabdb
 def _pattern_value(name: str, pattern: dict, default):
     "PEFT's rank_pattern / alpha_pattern: the value of the first key that matches the end of `name`, else `default`."
     return next((v for k, v in pattern.items() if re.match(rf"(.*\.)?({k})$", name)), default)
 
-
+# %% ../nbs/05_lora.ipynb #8864c842
 def lora_targets(model, target_modules: list[str] | str) -> list[str]:
     "Names of the `nn.Linear`/`Conv1D` modules that `target_modules` selects (a list, a regex, or 'all-linear')."
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
@@ -99,7 +99,7 @@ def lora_targets(model, target_modules: list[str] | str) -> list[str]:
         raise ValueError(f"no nn.Linear or Conv1D module matches target_modules={target_modules!r}")
     return names
 
-
+# %% ../nbs/05_lora.ipynb #9e3e6f28
 def inject_lora(
     model,
     target_modules: list[str] | str,
@@ -146,7 +146,7 @@ def inject_lora(
     )
     return model
 
-
+# %% ../nbs/05_lora.ipynb #815e2d99
 def remove_lora(model) -> nn.Module:
     "Put every base layer back in place of its `LoRALinear` (unmerged first): the model as it was before `inject_lora`."
     for name, layer in list(lora_layers(model).items()):
@@ -158,12 +158,12 @@ def remove_lora(model) -> nn.Module:
         del model.lora_config
     return model
 
-
+# %% ../nbs/05_lora.ipynb #8f58d469
 def lora_layers(model) -> dict[str, LoRALinear]:
     "The model's LoRA layers by name."
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
-
+# %% ../nbs/05_lora.ipynb #6f6ed3f7
 def count_trainable(model) -> tuple[int, int]:
     "(trainable, total) parameter counts."
     return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
@@ -234,7 +234,7 @@ UNSUPPORTED = dict(
     megatron_config=(None,),
 )
 
-
+# %% ../nbs/05_lora.ipynb #da814faf
 def load_lora(model, path: str | Path) -> nn.Module:
     """Inject and load a PEFT-format LoRA adapter (ours or PEFT's) into `model`; on any error the model is left as it
     was."""
@@ -274,7 +274,7 @@ def load_lora(model, path: str | Path) -> nn.Module:
         raise
     return model
 
-
+# %% ../nbs/05_lora.ipynb #7c3ebb28
 def _has_module(model, name: str) -> bool:
     try:
         model.get_submodule(name)

@@ -82,7 +82,7 @@ def cache_problem(folder: Path) -> str | None:
         return f"model.safetensors is damaged ({type(e).__name__})"
     return None
 
-
+# %% ../nbs/00a_models.ipynb #655ce7cf
 def convert_gguf(
     dest: Path | str | None = None,  # folder to write (default: `default_model_dir()`)
     gguf: Path | str | None = None,  # GGUF file to read (default: `gguf_path()`)
@@ -173,7 +173,7 @@ LAYOUTS = {  # where the decoder layers and the final norm live, by architecture
     "gpt_neox": ("gpt_neox.layers", "gpt_neox.final_layer_norm"),  # GPT-NeoX, Pythia
 }
 
-
+# %% ../nbs/00a_models.ipynb #582f37c2
 def decoder_layout(model) -> tuple[str, str]:
     "Module paths of `model`'s decoder layers and final norm, or an error listing the supported layouts."
     for layers, norm in LAYOUTS.values():
@@ -235,7 +235,7 @@ def init_new_weights(model, missing: list[str], seed: int = 0):
 
 NEW_HEADS = ("score.weight", "score.bias")  # the only weights a checkpoint may lack: a reward model's new head
 
-
+# %% ../nbs/00a_models.ipynb #8d07b57a
 def check_missing(missing: list[str], name) -> list[str]:
     "The missing weights that may be initialised (a new reward head); any other missing weight is an error naming it."
     bad = [k for k in missing if k not in NEW_HEADS]

@@ -254,7 +254,7 @@ def _fits(rows, tokenizer, max_tokens: int) -> list[dict]:
     "The rows whose chosen and rejected dialogues are both at most `max_tokens` tokens (chapter 4's filter)."
     return [r for r in rows if max(map(len, pair_ids(r, tokenizer))) <= max_tokens]
 
-
+# %% ../nbs/09_pipeline.ipynb #aa13b5cd
 def pipeline_data(cfg: PipelineSettings, tokenizer, reward_tokenizer) -> dict:
     "Training pairs (the reward model's, SFT's and DPO's; then the judge's), held-out pairs and prompts, from hh-rlhf."
     subsets = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
@@ -300,7 +300,7 @@ def lora_targets_for(model, n_layers: int | None) -> list[str]:
         raise ValueError(f"lora_layers must be in [1, {n}] or None (the model has {n} layers), got {n_layers}")
     return [f"{layers}.{i}.self_attn.{proj}" for i in range(n - k, n) for proj in ("q_proj", "v_proj")]
 
-
+# %% ../nbs/09_pipeline.ipynb #fa6869f6
 def new_policy(cfg: PipelineSettings, device) -> torch.nn.Module:
     "The base model with fresh LoRA adapters (A drawn with `cfg.seed`, B = 0: the policy starts as the base model)."
     model = load_model(cfg.model, device=device)
@@ -308,7 +308,7 @@ def new_policy(cfg: PipelineSettings, device) -> torch.nn.Module:
         torch.manual_seed(cfg.seed)
         return inject_lora(model, lora_targets_for(model, cfg.lora_layers), r=cfg.lora_r, alpha=2 * cfg.lora_r)
 
-
+# %% ../nbs/09_pipeline.ipynb #23dbb6a3
 def load_policy(cfg: PipelineSettings, adapter, device, trainable: bool = True) -> torch.nn.Module:
     "The base model with the adapter in folder `adapter` (None: the base model); frozen unless `trainable`."
     model = load_model(cfg.model, device=device)
@@ -318,7 +318,7 @@ def load_policy(cfg: PipelineSettings, adapter, device, trainable: bool = True) 
         model.requires_grad_(False)
     return model
 
-
+# %% ../nbs/09_pipeline.ipynb #b3e2c892
 def save_adapter(policy, folder: Path, cfg: PipelineSettings):
     "The policy's adapters in PEFT's format, naming the base model (the hub id of the offline default)."
     save_lora(policy, folder, task_type="CAUSAL_LM")
@@ -345,7 +345,7 @@ def _save_json(obj, path: Path):
     if PartialState().is_main_process:
         path.write_text(json.dumps(obj, indent=1, default=float))
 
-
+# %% ../nbs/09_pipeline.ipynb #e8b36480
 def stage_sft(cfg, data, folder, out, device, tok, rtok) -> dict:
     "SFT's LoRA adapters trained on the chosen replies of the training pairs (preferred-FT)."
     policy = new_policy(cfg, device)
@@ -381,7 +381,7 @@ def _train_scorer(cfg, feats, test_feats, pad_token, device):
         )
     return model, history, win_rate(chosen, rejected)
 
-
+# %% ../nbs/09_pipeline.ipynb #a3745ffd
 def stage_reward(cfg, data, folder, out, device, tok, rtok) -> dict:
     "The reward model (on the training pairs) and the judge (on the next pairs), saved with `save_pretrained`."
     token_pairs = {
@@ -405,7 +405,7 @@ def stage_reward(cfg, data, folder, out, device, tok, rtok) -> dict:
         del model
     return metrics
 
-
+# %% ../nbs/09_pipeline.ipynb #8b479d06
 def load_scorer(folder: Path, device):
     "A reward model saved by `stage_reward`, frozen, and its tokenizer."
     model = load_model(folder, kind="reward", device=device).requires_grad_(False)
@@ -432,7 +432,7 @@ def stage_ppo(cfg, data, folder, out, device, tok, rtok) -> dict:
         last_kl=history[-1]["objective/kl"],
     )
 
-
+# %% ../nbs/09_pipeline.ipynb #a78bc72f
 def stage_dpo(cfg, data, folder, out, device, tok, rtok) -> dict:
     "DPO from the SFT policy on the reward model's training pairs, the SFT policy as the reference."
     policy = load_policy(cfg, out / "sft", device)
@@ -506,12 +506,12 @@ def _per_prompt(rows: list[dict], col: str) -> torch.Tensor:
         counts[r["prompt"]] += 1
     return sums / counts
 
-
+# %% ../nbs/09_pipeline.ipynb #9eec7794
 def _mean_ci(x: torch.Tensor, z: float = 1.96) -> tuple[float, float]:
     "Mean and 95 % half-width (normal approximation over the prompts)."
     return x.mean().item(), z * x.std().item() / len(x) ** 0.5 if len(x) > 1 else float("nan")
 
-
+# %% ../nbs/09_pipeline.ipynb #9ecb65e2
 def policy_table(answers: dict, baseline: str = "SFT") -> dict:
     """One row per policy: reward-model and judge scores, win rate and paired judge difference against `baseline`, KL,
     length."""
@@ -578,7 +578,7 @@ DONE = "done.json"  # written last into a finished stage's folder
 def _reads(name: str, field: str) -> bool:
     return field in SHARED or any(field == k or (k.endswith("_") and field.startswith(k)) for k in STAGES[name][1])
 
-
+# %% ../nbs/09_pipeline.ipynb #36ef786b
 def stage_fingerprint(cfg: PipelineSettings, name: str, upstream: dict) -> str:
     "A hash of the settings stage `name` reads and of the fingerprints of the stages it reads from."
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if _reads(name, f.name)}
@@ -591,7 +591,7 @@ def stage_fingerprint(cfg: PipelineSettings, name: str, upstream: dict) -> str:
 class PipelineError(RuntimeError):
     "A stage could not run: the message names the stage, the cause and what to do."
 
-
+# %% ../nbs/09_pipeline.ipynb #0d67c987
 def _stage_error(name: str, e: Exception, out: Path, seconds: float | None = None) -> PipelineError:
     (out / "error.log").write_text(f"stage {name}\n" + "".join(traceback.format_exception(e)))
     when = "before it started" if seconds is None else f"after {seconds:.0f} s"
@@ -602,7 +602,7 @@ def _stage_error(name: str, e: Exception, out: Path, seconds: float | None = Non
         "Fix the cause and run the same command again: finished stages are skipped."
     )
 
-
+# %% ../nbs/09_pipeline.ipynb #e5493ef2
 def _done(folder: Path) -> dict | None:
     try:
         return json.loads((folder / DONE).read_text())
@@ -723,7 +723,7 @@ def _cell(text: str, n: int = 90) -> str:
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= n else text[: n - 1] + "…"
 
-
+# %% ../nbs/09_pipeline.ipynb #168d1040
 def policy_markdown(table: dict) -> str:
     "report.md's main table."
     lines = [
@@ -821,7 +821,7 @@ class StreamTo(TextStreamer):
         self.stream.write(text + ("\n" if stream_end else ""))
         self.stream.flush()
 
-
+# %% ../nbs/09_pipeline.ipynb #4e9ce0c7
 def adapter_base(adapter) -> str | None:
     "The base model an adapter names (None: the offline default, which stands for its hub id)."
     if adapter is None:
@@ -908,7 +908,7 @@ def _setting(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         return name.strip(), value
 
-
+# %% ../nbs/09_pipeline.ipynb #dc21e635
 def parser() -> argparse.ArgumentParser:
     "The `alignbook` command's arguments."
     p = argparse.ArgumentParser(
@@ -950,7 +950,7 @@ def parser() -> argparse.ArgumentParser:
     talk.add_argument("--seed", type=int)
     return p
 
-
+# %% ../nbs/09_pipeline.ipynb #26f94d32
 def main(argv: list[str] | None = None) -> int:
     "The `alignbook` command: `alignbook pipeline ...` or `alignbook chat ...`; the exit status."
     args = parser().parse_args(argv)

@@ -105,7 +105,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -
 class _StopForward(Exception):
     pass
 
-
+# %% ../nbs/06_log_derivative.ipynb #9b0e8da7
 @torch.no_grad()
 def trunk_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_layer: int) -> dict:
     """Run `model` without gradient up to decoder layer `first_layer`: the hidden states entering it and its other
@@ -140,7 +140,7 @@ def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
             h = h[0]  # older transformers return (hidden, ...)
     return model.model.norm(h)
 
-
+# %% ../nbs/06_log_derivative.ipynb #32cf347a
 def top_logprobs(
     model, trunk: dict, input_ids: torch.Tensor, completion_mask: torch.Tensor, first_layer: int
 ) -> torch.Tensor:
@@ -173,7 +173,7 @@ def shared_trunk_depth(policy, ref) -> int | None:
         return None
     return first
 
-
+# %% ../nbs/06_log_derivative.ipynb #f8a7df6e
 def policy_and_ref_logprobs(
     policy,
     ref,
@@ -226,7 +226,7 @@ class ReinforceSettings(TrainConfig):
             if not ok
         ]
 
-
+# %% ../nbs/06_log_derivative.ipynb #ebd99659
 def check_reference(policy, ref):
     """Refuse a reference that is the policy, or shares its trainable weights: the KL would be 0 whatever the policy
     does."""

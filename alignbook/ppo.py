@@ -42,7 +42,7 @@ def last_response_index(mask: torch.Tensor) -> torch.Tensor:
     "Per row, the index of the last response token (the EOS, or the final token of a cut-off response)."
     return (mask.sum(-1) - 1).clamp(min=0)
 
-
+# %% ../nbs/07_ppo.ipynb #54f609d4
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(π || π_ref) from the sampled token: k1 = log π/π_ref, k3 = (r - 1) - log r with r =
     π_ref/π."""
@@ -53,7 +53,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1
         return log_ratio.exp() - 1 - log_ratio
     raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
 
-
+# %% ../nbs/07_ppo.ipynb #9cb3dcd0
 def per_token_rewards(
     scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float, score_after_eos: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +109,7 @@ def gae(
     advantages = deltas @ weights.T  # A_t = Σ_{s≥t} (γλ)^{s-t} δ_s
     return advantages, advantages + values
 
-
+# %% ../nbs/07_ppo.ipynb #8562681c
 def gae_loop(rewards: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95) -> torch.Tensor:
     "The same advantages by the textbook backward recursion A_t = δ_t + γλ A_{t+1} (the reference for `gae`)."
     last, out = torch.zeros_like(rewards[..., 0]), []
@@ -155,7 +155,7 @@ def ppo_policy_loss(
         )
     return loss, stats
 
-
+# %% ../nbs/07_ppo.ipynb #76800c18
 def ppo_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float | None = 0.2
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +169,7 @@ def ppo_value_loss(
         (clipped > unclipped).float(), mask
     ).detach()
 
-
+# %% ../nbs/07_ppo.ipynb #53b6ce79
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(R - V)/Var(R) over the valued states: 1 = the value function predicts the returns, ≤ 0 = no better than
     their mean."""
@@ -196,7 +196,7 @@ class ValueHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.float()).squeeze(-1)
 
-
+# %% ../nbs/07_ppo.ipynb #b6523cd5
 class PolicyAndValue(nn.Module):
     """The policy and its critic (a `ValueHead` or a separate value model) as one module, so one optimizer and DDP see
     both."""
@@ -216,11 +216,11 @@ def _rows(x, idx):
         return {k: _rows(v, idx) for k, v in x.items()}
     return x
 
-
+# %% ../nbs/07_ppo.ipynb #d2e40634
 def _positions(attention_mask):
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
-
+# %% ../nbs/07_ppo.ipynb #c74489b9
 def response_hidden(
     model,
     input_ids: torch.Tensor,
@@ -239,7 +239,7 @@ def response_hidden(
         h = top_hidden(model, trunk, first_layer)  # the frozen trunk ran once: only the layers from `first_layer` up
     return h[:, prompt_width - 1 : prompt_width - 1 + width]
 
-
+# %% ../nbs/07_ppo.ipynb #d1c84bc3
 def response_logprobs(
     model, hidden: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +250,7 @@ def response_logprobs(
     zeros = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
     return zeros.masked_scatter(scored, lp), zeros.masked_scatter(scored, ent)
 
-
+# %% ../nbs/07_ppo.ipynb #68261cd5
 def policy_and_values(
     pv: PolicyAndValue, roll: dict, idx, temperature: float, trunk: dict | None, first_layer: int | None
 ):
@@ -272,7 +272,7 @@ def policy_and_values(
         values = pv.value.score(hv).squeeze(-1).float()
     return logp, ent, values
 
-
+# %% ../nbs/07_ppo.ipynb #f0a71030
 @torch.no_grad()
 def score_responses(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """r(x, y): the reward model's score read at each row's last real token (the EOS, or the last token of a cut-off
@@ -365,7 +365,7 @@ def check_prompts(prompts: list[str], tokenizer, max_length: int | None) -> list
         )
     return kept
 
-
+# %% ../nbs/07_ppo.ipynb #493740ad
 def agreed_rewards(accelerator, scores, n: int) -> torch.Tensor:
     "`check_rewards` on every process at once: if any process got bad rewards, all of them raise (none waits forever)."
     try:
@@ -380,7 +380,7 @@ def agreed_rewards(accelerator, scores, n: int) -> torch.Tensor:
         raise problem
     return r.to(accelerator.device)
 
-
+# %% ../nbs/07_ppo.ipynb #59a1c177
 def _critic(policy, value_model, reward_model):
     if value_model is None:
         return ValueHead(unwrap(policy).config.hidden_size).to(next(policy.parameters()).device)

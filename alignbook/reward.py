@@ -55,7 +55,7 @@ def simulate_comparisons(
     i_wins = torch.rand(len(i), generator=generator) < torch.sigmoid(strengths[i] - strengths[j])
     return torch.where(i_wins, i, j), torch.where(i_wins, j, i)
 
-
+# %% ../nbs/04_reward_modeling.ipynb #8056b170
 def fit_bradley_terry(
     winners: torch.Tensor, losers: torch.Tensor, n_items: int, steps: int = 500, lr: float = 0.5
 ) -> torch.Tensor:
@@ -136,7 +136,7 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 def _reply_text(reply) -> str:
     return reply if isinstance(reply, str) else " ".join(m.get("content") or "" for m in reply)
 
-
+# %% ../nbs/04_reward_modeling.ipynb #57a32ddf
 def pair_ids(row: dict, tokenizer) -> tuple[list[int], list[int]]:
     "Token ids of the chosen and the rejected sequence of one preference row in any of TRL's formats."
     for k in ("prompt", "chosen", "rejected"):
@@ -152,7 +152,7 @@ def pair_ids(row: dict, tokenizer) -> tuple[list[int], list[int]]:
 
     return ids(row["chosen"]), ids(row["rejected"])
 
-
+# %% ../nbs/04_reward_modeling.ipynb #a6152e22
 def tokenize_pairs(rows, tokenizer, max_length: int | None = None, truncation: str = "drop") -> list[dict]:
     """Chosen and rejected token ids of preference rows in TRL's formats; degenerate and over-long pairs dropped and
     counted."""
@@ -185,7 +185,7 @@ def tokenize_pairs(rows, tokenizer, max_length: int | None = None, truncation: s
         )
     return kept
 
-
+# %% ../nbs/04_reward_modeling.ipynb #b1721579
 def collate_pairs(rows: list[dict], pad_token_id: int) -> dict:
     "One right-padded batch: the chosen sequences, then the rejected ones (TRL's layout)."
     seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
@@ -219,7 +219,7 @@ def _check_llama_layout(model):
             "Mistral: model.layers with rotary embeddings); train it on token pairs instead"
         )
 
-
+# %% ../nbs/04_reward_modeling.ipynb #ff5c5f12
 @torch.no_grad()
 def cache_features(model, pairs: list[dict], top_k: int, pad_token_id: int, batch_size: int = 8) -> list[dict]:
     """Hidden states at the input of the last `top_k` layers for each pair's two sequences, computed once (frozen
@@ -241,7 +241,7 @@ def cache_features(model, pairs: list[dict], top_k: int, pad_token_id: int, batc
             )
     return out
 
-
+# %% ../nbs/04_reward_modeling.ipynb #473c9d32
 def scores_from_features(model, feats: list[dict], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     "Rewards of chosen and rejected from cached hidden states: the top `top_k` layers, final norm and score head."
     layer = model.config.num_hidden_layers - top_k
@@ -273,7 +273,7 @@ class RewardSettings(TrainConfig):
     center_coef: float | None = None  # optional reward-centering coefficient
     top_k: int = 2  # decoder layers trained on top of cached features (must match `cache_features`)
 
-
+# %% ../nbs/04_reward_modeling.ipynb #78daef61
 def _check_features(model, feats: list[dict], top_k: int):
     "Refuse non-finite features, and trainable weights below the cached layer (they would get no gradient)."
     bad = [
@@ -300,7 +300,7 @@ def _check_features(model, feats: list[dict], top_k: int):
             f"features: freeze them, or raise top_k"
         )
 
-
+# %% ../nbs/04_reward_modeling.ipynb #477870d4
 def pair_scores(model, batch: list[dict], top_k: int, pad_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     "Rewards of a batch of cached features or of token pairs."
     if "chosen" in batch[0]:
@@ -392,7 +392,7 @@ def _model_identity(name) -> str:
     mark = path / CACHE_MARK
     return f"{path.name if mark.exists() else path}|{mark.read_text() if mark.exists() else ''}"
 
-
+# %% ../nbs/04_reward_modeling.ipynb #92d69223
 def _recipe_pairs(recipe: dict, tokenizer, first_pair: int) -> tuple[list[dict], list[dict]]:
     """`n_pairs` training pairs from position `first_pair` of one fixed shuffle of the train split, and the held-out
     pairs."""
@@ -409,7 +409,7 @@ def _recipe_pairs(recipe: dict, tokenizer, first_pair: int) -> tuple[list[dict],
         )
     return [train[i] for i in order[first_pair:end]], test
 
-
+# %% ../nbs/04_reward_modeling.ipynb #1a777b38
 def course_reward_model(
     first_pair: int = 0,  # where its pairs start in the shuffled train split (a judge: after the reward model's)
     name=None,  # base model (None: the offline SmolLM2)
@@ -478,7 +478,7 @@ def pair_outcomes(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     "Per pair: 1 where chosen scores higher, ½ on a tie, 0 otherwise (the terms `win_rate` averages)."
     return (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
 
-
+# %% ../nbs/04_reward_modeling.ipynb #6ae3bd1f
 def paired_accuracy(a: torch.Tensor, b: torch.Tensor, z: float = 1.96) -> dict:
     """Judges a and b on the same pairs (`pair_outcomes`): accuracy difference a - b, its 95 % half-width, the exact
     sign test."""

@@ -165,7 +165,7 @@ def _with_length(s: GenerationSettings, prompt_length: int) -> GenerationSetting
         )
     return replace(s, max_new_tokens=n)
 
-
+# %% ../nbs/02_sampling.ipynb #208aa635
 def _settings(model, settings: GenerationSettings | None, overrides: dict, prompt_length: int) -> GenerationSettings:
     """`settings` (default: the model's generation config over transformers' defaults) with `overrides` and stop/pad
     tokens."""
@@ -186,7 +186,7 @@ def _settings(model, settings: GenerationSettings | None, overrides: dict, promp
         s = replace(s, pad_token_id=gc.pad_token_id if gc.pad_token_id is not None else (s.stop_ids or [0])[0])
     return s
 
-
+# %% ../nbs/02_sampling.ipynb #64c29cad
 def _forward(model, ids, attention_mask, cache):
     "One cached forward step: logits (float32) of the last position only."
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]

@@ -106,7 +106,7 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fals
     )
     return list(out["input_ids"])
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #f1472285
 def _check_prefix(prefix: list[int], ids: list[int], what: str):
     if ids[: len(prefix)] != prefix:
         raise ValueError(
@@ -114,7 +114,7 @@ def _check_prefix(prefix: list[int], ids: list[int], what: str):
             "tokens are not a prefix: use a prefix-preserving chat template"
         )
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #b8ee51c5
 def tokenize_messages(tokenizer, messages: list[dict]) -> dict:
     "Token ids of a conversation and a mask that is 1 on each assistant reply, up to and including its first EOS."
     ids = chat_ids(tokenizer, messages)
@@ -133,7 +133,7 @@ def tokenize_messages(tokenizer, messages: list[dict]) -> dict:
         raise ValueError("no assistant reply to train on in this conversation")
     return dict(input_ids=ids, completion_mask=mask)
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #d13a87fa
 def tokenize_chat_completion(tokenizer, prompt: list[dict], completion: list[dict]) -> dict:
     """Conversational prompt/completion: the prompt with the generation prompt, then the completion; mask 1 after the
     prompt."""
@@ -179,7 +179,7 @@ def row_format(row: dict) -> str:
         f"an SFT row needs messages, prompt/completion, instruction/output or text; this one has {sorted(row)}"
     )
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #fa661c49
 def tokenize_row(row: dict, tokenizer, template: str = "chat") -> dict:
     "Token ids and completion mask of one row in any of `SFT_FORMATS` (instruction rows rendered with `template`)."
     fmt = row_format(row)
@@ -195,7 +195,7 @@ def tokenize_row(row: dict, tokenizer, template: str = "chat") -> dict:
         return tokenize_sft(tokenizer, row["prompt"], row["completion"])
     return tokenize_sft(tokenizer, **render(row, template, tokenizer))
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #ad84bcde
 def _check_types(row: dict, i: int):
     "Refuse a field of the wrong type, naming the row."
     text_fields = {
@@ -211,7 +211,7 @@ def _check_types(row: dict, i: int):
         if k in row and row[k] is not None and not isinstance(row[k], kind):
             raise TypeError(f"row {i}: field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text")
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #e66d03a7
 def prepare_sft(
     rows, tokenizer, template: str = "chat", max_length: int | None = None, truncation: str = "drop"
 ) -> list[dict]:
@@ -304,7 +304,7 @@ def completion_loss(model, rows: list[dict], pad_token_id: int, batch_size: int 
         raise ValueError("no completion tokens to evaluate")
     return total / n
 
-
+# %% ../nbs/03_instruction_tuning.ipynb #b00e1e43
 def summed_nll(model, batch: dict) -> torch.Tensor:
     "[summed NLL of the labelled tokens, how many of them the model predicts right (argmax)]: sums, not means."
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)

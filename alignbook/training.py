@@ -125,11 +125,11 @@ class ForwardWith(nn.Module):
     def forward(self, fn, *args, **kwargs):
         return fn(self.model, *args, **kwargs)
 
-
+# %% ../nbs/00c_training.ipynb #75f637c2
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
-
+# %% ../nbs/00c_training.ipynb #c913a758
 def prepare(model: nn.Module):
     "This process's `Accelerator` (one process, or one of many that torchrun started) and the wrapped model."
     from accelerate import Accelerator
@@ -148,7 +148,7 @@ def prepare(model: nn.Module):
         accelerator.native_amp = False  # prepare() then leaves the forward alone
     return accelerator, accelerator.prepare(ForwardWith(model))
 
-
+# %% ../nbs/00c_training.ipynb #bb341781
 def unwrap(model: nn.Module) -> nn.Module:
     "The Hugging Face model inside DDP/FSDP/`ForwardWith` wrappers (for generation, `.config`, saving)."
     while True:
@@ -193,7 +193,7 @@ def optimizer_step(accelerator, opt, sched, params: list, cfg: TrainConfig, step
     opt.zero_grad(set_to_none=True)
     return float(norm)
 
-
+# %% ../nbs/00c_training.ipynb #5f710616
 @contextlib.contextmanager
 def training_mode(model, tokenizer=None, padding_side: str | None = None):
     "Train mode (and the tokenizer's padding side) inside the block; what they were is restored after it."
@@ -208,12 +208,12 @@ def training_mode(model, tokenizer=None, padding_side: str | None = None):
         if tokenizer is not None:
             tokenizer.padding_side = side
 
-
+# %% ../nbs/00c_training.ipynb #f637b1ef
 def autocast(cfg: TrainConfig, device: torch.device):
     "bfloat16 autocast when `cfg.bf16`, else nothing."
     return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
 
-
+# %% ../nbs/00c_training.ipynb #676c14fd
 def micro_batch(accelerator, wrapped, cfg: TrainConfig, last: bool) -> contextlib.ExitStack:
     "The context of one micro-batch: no gradient all-reduce before the step's last one (`no_sync`), and `autocast`."
     stack = contextlib.ExitStack()
