@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/distributions.html.md"""
 
 # %% auto #0
 __all__ = ['softmax', 'next_token_logits', 'top_tokens', 'entropy', 'token_logprobs', 'encode_prompt_completion', 'pad_batch',
-           'sequence_logprobs', 'response_mask', 'entropy_along']
+           'sequence_logprobs', 'completion_mask_until_stop', 'entropy_along']
 
 # %% ../nbs/01_distributions.ipynb #0e97dd1b
 import torch
@@ -88,7 +88,7 @@ def sequence_logprobs(
     return per_token, per_token.sum(-1)
 
 # %% ../nbs/01_distributions.ipynb #038bd2c0
-def response_mask(
+def completion_mask_until_stop(
     generated: torch.Tensor,  # (batch, new tokens) the generated part only
     stop_ids: list[int],  # token ids that end a response (EOS)
 ) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .distributions import sequence_logprobs
 from .lora import lora_layers
-from .policy_gradient import check_reference, shared_trunk_depth, top_logprobs, trunk_states
+from .policy_gradient import check_reference, first_trainable_layer, logprobs_above_trunk, trunk_states
 from .reward import _reply_text
 from .sft import chat_ids
 from alignbook.training import (
@@ -283,15 +283,15 @@ def policy_and_reference_logps(
     ids, attn = batch["input_ids"], batch["attention_mask"]
     mask = batch["completion_mask"] * attn
     trunk = trunk_states(policy, ids, attn, first_layer)  # layers below first_layer, once
-    ours = top_logprobs(policy, trunk, ids, mask, first_layer).sum(-1).chunk(2)
+    ours = logprobs_above_trunk(policy, trunk, ids, mask, first_layer).sum(-1).chunk(2)
     if not with_reference:
         return ours, None
     with torch.no_grad():
         if ref is not None:
-            theirs = top_logprobs(ref, trunk, ids, mask, first_layer)
+            theirs = logprobs_above_trunk(ref, trunk, ids, mask, first_layer)
         else:
             with adapters_off(policy):
-                theirs = top_logprobs(policy, trunk, ids, mask, first_layer)
+                theirs = logprobs_above_trunk(policy, trunk, ids, mask, first_layer)
     return ours, theirs.sum(-1).chunk(2)
 
 # %% ../nbs/08_dpo.ipynb #8c392c06
@@ -366,7 +366,7 @@ def train_dpo(
         raise ValueError("no pad token id: pass the tokenizer, or set policy.config.pad_token_id")
     check_dpo_reference(policy, ref)
     params = trainable_parameters(policy)
-    first_layer = shared_trunk_depth(policy, policy if ref is None else ref) if cfg.shared_trunk else None
+    first_layer = first_trainable_layer(policy, policy if ref is None else ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     precomputed = "ref_chosen_logps" in data[0] if data else False  # rows from `precompute_reference` keep theirs

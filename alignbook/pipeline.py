@@ -47,7 +47,7 @@ from alignbook.reward import (
     win_rate,
 )
 from .sampling import GenerationSettings, generate
-from .sft import SFTSettings, prepare_sft, top_layers, train_only, train_sft
+from .sft import SFTSettings, freeze_all_but, prepare_sft, top_layers, train_sft
 
 # %% ../nbs/09_pipeline.ipynb #e6d0d429
 @dataclass
@@ -192,7 +192,9 @@ def trainer_settings(cfg: PipelineSettings) -> dict:
     common = dict(seed=cfg.seed, bf16=cfg.bf16)
     return dict(
         sft=SFTSettings(steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch, **common),
-        reward=RewardSettings(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.rm_batch, top_k=cfg.rm_layers, **common),
+        reward=RewardSettings(
+            steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.rm_batch, trained_layers=cfg.rm_layers, **common
+        ),
         ppo=PPOSettings(
             steps=cfg.ppo_steps,
             prompts_per_step=cfg.ppo_prompts,
@@ -366,7 +368,7 @@ def stage_sft(cfg, data, folder, out, device, tok, rtok) -> dict:
 def _train_scorer(cfg, feats, test_feats, pad_token, device):
     "A reward model trained on cached features, and its held-out accuracy with a 95 % interval."
     model, _ = load_reward_model(cfg.model, pad_token=pad_token, seed=cfg.seed, device=device)
-    train_only(model, top_layers(model, cfg.rm_layers) + ["score."])
+    freeze_all_but(model, top_layers(model, cfg.rm_layers) + ["score."])
     history = train_reward(model, feats, trainer_settings(cfg)["reward"])
     model.eval()
     with torch.no_grad():

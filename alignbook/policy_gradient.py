@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
-           'train_bandit', 'kl_penalty', 'trunk_states', 'top_hidden', 'top_logprobs', 'shared_trunk_depth',
+           'train_bandit', 'sequence_kl', 'trunk_states', 'top_hidden', 'logprobs_above_trunk', 'first_trainable_layer',
            'policy_and_ref_logprobs', 'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .distributions import response_mask, sequence_logprobs
+from .distributions import completion_mask_until_stop, sequence_logprobs
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
@@ -97,7 +97,7 @@ def train_bandit(
     return curve
 
 # %% ../nbs/06_log_derivative.ipynb #970a273e
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     "Per-sequence KL estimate Σ_t (log π - log π_ref) over the masked (sampled) tokens."
     return ((logp - ref_logp) * mask).sum(-1)
 
@@ -141,7 +141,7 @@ def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
     return model.model.norm(h)
 
 # %% ../nbs/06_log_derivative.ipynb #32cf347a
-def top_logprobs(
+def logprobs_above_trunk(
     model, trunk: dict, input_ids: torch.Tensor, completion_mask: torch.Tensor, first_layer: int
 ) -> torch.Tensor:
     """Per-token log-probs of the completion (batch, length-1, zero elsewhere), running `model`'s layers from
@@ -154,7 +154,7 @@ def top_logprobs(
     return torch.zeros(scored.shape, dtype=lp.dtype, device=lp.device).masked_scatter(scored, lp)
 
 # %% ../nbs/06_log_derivative.ipynb #c22eee71
-def shared_trunk_depth(policy, ref) -> int | None:
+def first_trainable_layer(policy, ref) -> int | None:
     """First decoder layer with trainable parameters, if every parameter below it is frozen and equal in `ref`; else
     None."""
     layers = getattr(getattr(policy, "model", None), "layers", None)
@@ -190,8 +190,8 @@ def policy_and_ref_logprobs(
         return sequence_logprobs(policy, input_ids, attention_mask, completion_mask)[0], ref_logp
     trunk, mask = trunk_states(policy, input_ids, attention_mask, first_layer), completion_mask * attention_mask
     with torch.no_grad():
-        ref_logp = top_logprobs(ref, trunk, input_ids, mask, first_layer)
-    return top_logprobs(policy, trunk, input_ids, mask, first_layer), ref_logp
+        ref_logp = logprobs_above_trunk(ref, trunk, input_ids, mask, first_layer)
+    return logprobs_above_trunk(policy, trunk, input_ids, mask, first_layer), ref_logp
 
 # %% ../nbs/06_log_derivative.ipynb #010e286d
 @dataclass
@@ -255,7 +255,7 @@ def train_reinforce(
         raise ValueError("train_reinforce needs the tokenizer and a reward_fn")
     check_reference(policy, ref)
     params = trainable_parameters(policy)
-    first_layer = shared_trunk_depth(policy, ref) if cfg.shared_trunk else None
+    first_layer = first_trainable_layer(policy, ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     opt, sched = make_optimizer(params, cfg)
@@ -280,18 +280,24 @@ def train_reinforce(
                 generator=sampling_generator(cfg.seed, step - 1, rank, device),
             )
             P = enc["input_ids"].shape[1]
-            gen_mask = response_mask(seqs[:, P:], [tokenizer.eos_token_id])  # (n·k, new tokens): up to the first EOS
-            kept = seqs[:, P:] * gen_mask + tokenizer.pad_token_id * (1 - gen_mask)
+            completion_mask = completion_mask_until_stop(
+                seqs[:, P:], [tokenizer.eos_token_id]
+            )  # (n·k, new tokens): up to the first EOS
+            kept = seqs[:, P:] * completion_mask + tokenizer.pad_token_id * (1 - completion_mask)
             texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
             finished = (seqs[:, P:] == tokenizer.eos_token_id).any(1)
             # 2. score: the reward function, refused (before any update) if not finite or of the wrong shape
             rewards = check_rewards(reward_fn(texts, finished), len(texts)).to(device)
             # 3. advantages: KL-shaped reward minus the leave-one-out mean of its group
-            attn = torch.cat([enc["attention_mask"].repeat_interleave(k, 0), gen_mask], 1)
-            comp = torch.cat([torch.zeros_like(enc["attention_mask"]).repeat_interleave(k, 0), gen_mask], 1)
+            attn = torch.cat([enc["attention_mask"].repeat_interleave(k, 0), completion_mask], 1)
+            seq_completion_mask = torch.cat(
+                [torch.zeros_like(enc["attention_mask"]).repeat_interleave(k, 0), completion_mask], 1
+            )
             policy.train()
-            logp_tok, ref_tok = wrapped(lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, comp, first_layer))
-            kl = kl_penalty(logp_tok.detach(), ref_tok, comp[:, 1:].float())  # (n·k,) nats per response
+            logp_tok, ref_tok = wrapped(
+                lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, seq_completion_mask, first_layer)
+            )
+            kl = sequence_kl(logp_tok.detach(), ref_tok, seq_completion_mask[:, 1:].float())  # (n·k,) nats per response
             shaped = (rewards - cfg.kl_coef * kl).view(n, k)
             advantages = (shaped - leave_one_out_baseline(shaped)).flatten()
             # 4. update: the score-function surrogate; DDP averages the processes' gradients
@@ -303,7 +309,7 @@ def train_reinforce(
                         rewards.mean(),
                         rewards.std(),
                         kl.mean(),
-                        gen_mask.sum(1).float().mean(),
+                        completion_mask.sum(1).float().mean(),
                         (~finished).float().mean(),
                     ]
                 ),

@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .distributions import response_mask
-from .policy_gradient import check_reference, check_rewards, shared_trunk_depth, top_hidden, trunk_states
+from .distributions import completion_mask_until_stop
+from .policy_gradient import check_reference, check_rewards, first_trainable_layer, top_hidden, trunk_states
 from .reward import check_reward_model, reward_scores
 from .sampling import generate
 from alignbook.training import (
@@ -80,7 +80,7 @@ def truncate_after_eos(
             "the score would be read at the wrong token. Set tokenizer.pad_token to another token, e.g. "
             "'<|endoftext|>' for SmolLM2."
         )
-    mask = response_mask(responses, [eos_token_id])
+    mask = completion_mask_until_stop(responses, [eos_token_id])
     ended = (responses == eos_token_id).any(-1)
     return torch.where(mask.bool(), responses, torch.full_like(responses, pad_token_id)), mask, ended
 
@@ -420,7 +420,7 @@ def train_ppo(
     wants_prompts = reward_fn is not None and "prompts" in inspect.signature(reward_fn).parameters
     pv = PolicyAndValue(policy, _critic(policy, value_model, reward_model))
     params = trainable_parameters(pv)
-    first_layer = shared_trunk_depth(policy, ref) if cfg.shared_trunk else None
+    first_layer = first_trainable_layer(policy, ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(pv)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

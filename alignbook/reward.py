@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import load_hh_rlhf, split_by_key
 from .models import CACHE_MARK, cache_dir, decoder_layout, load_model, load_tokenizer, resolve_model
-from .sft import chat_ids, top_layers, train_only
+from .sft import chat_ids, freeze_all_but, top_layers
 from alignbook.training import (
     TrainConfig,
     check_finite,
@@ -221,11 +221,11 @@ def _check_llama_layout(model):
 
 # %% ../nbs/04_reward_modeling.ipynb #ff5c5f12
 @torch.no_grad()
-def cache_features(model, pairs: list[dict], top_k: int, pad_token_id: int, batch_size: int = 8) -> list[dict]:
-    """Hidden states at the input of the last `top_k` layers for each pair's two sequences, computed once (frozen
-    layers)."""
+def cache_features(model, pairs: list[dict], trained_layers: int, pad_token_id: int, batch_size: int = 8) -> list[dict]:
+    """Hidden states at the input of the last `trained_layers` layers for each pair's two sequences, computed once
+    (frozen layers)."""
     _check_llama_layout(model)
-    layer, out = model.config.num_hidden_layers - top_k, []
+    layer, out = model.config.num_hidden_layers - trained_layers, []
     for i in tqdm(range(0, len(pairs), batch_size), desc="caching features"):
         chunk = pairs[i : i + batch_size]
         b = collate_pairs(chunk, pad_token_id)
@@ -242,13 +242,14 @@ def cache_features(model, pairs: list[dict], top_k: int, pad_token_id: int, batc
     return out
 
 # %% ../nbs/04_reward_modeling.ipynb #473c9d32
-def scores_from_features(model, feats: list[dict], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Rewards of chosen and rejected from cached hidden states: the top `top_k` layers, final norm and score head."
-    layer = model.config.num_hidden_layers - top_k
+def scores_from_features(model, feats: list[dict], trained_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of chosen and rejected from cached hidden states: the top `trained_layers` layers, final norm and score
+    head."""
+    layer = model.config.num_hidden_layers - trained_layers
     if any(f.get("layer", layer) != layer for f in feats):
         raise ValueError(
-            f"these features were cached at layer {feats[0].get('layer')}, but top_k={top_k} starts at layer "
-            f"{layer}: cache them again with the same top_k"
+            f"these features were cached at layer {feats[0].get('layer')}, but trained_layers={trained_layers} "
+            f"starts at layer {layer}: cache them again with the same trained_layers"
         )
     seqs = [f["chosen"] for f in feats] + [f["rejected"] for f in feats]
     lengths = torch.tensor([len(s) for s in seqs], device=model.device)
@@ -271,10 +272,10 @@ class RewardSettings(TrainConfig):
     steps: int = 150  # optimizer steps
     margin: float | None = None  # optional margin in the pairwise loss
     center_coef: float | None = None  # optional reward-centering coefficient
-    top_k: int = 2  # decoder layers trained on top of cached features (must match `cache_features`)
+    trained_layers: int = 2  # decoder layers trained on top of cached features (must match `cache_features`)
 
 # %% ../nbs/04_reward_modeling.ipynb #78daef61
-def _check_features(model, feats: list[dict], top_k: int):
+def _check_features(model, feats: list[dict], trained_layers: int):
     "Refuse non-finite features, and trainable weights below the cached layer (they would get no gradient)."
     bad = [
         i
@@ -283,7 +284,7 @@ def _check_features(model, feats: list[dict], top_k: int):
     ]
     if bad:
         raise ValueError(f"features of pairs {bad[:5]} are NaN or inf ({len(bad)} pairs): fix or drop them")
-    layer = model.config.num_hidden_layers - top_k
+    layer = model.config.num_hidden_layers - trained_layers
     below = [
         n
         for n, p in model.named_parameters()
@@ -297,14 +298,16 @@ def _check_features(model, feats: list[dict], top_k: int):
     if below:
         raise ValueError(
             f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from cached "
-            f"features: freeze them, or raise top_k"
+            f"features: freeze them, or raise trained_layers"
         )
 
 # %% ../nbs/04_reward_modeling.ipynb #477870d4
-def pair_scores(model, batch: list[dict], top_k: int, pad_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(
+    model, batch: list[dict], trained_layers: int, pad_token_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Rewards of a batch of cached features or of token pairs."
     if "chosen" in batch[0]:
-        return scores_from_features(model, batch, top_k)
+        return scores_from_features(model, batch, trained_layers)
     b = {k: v.to(model.device) for k, v in collate_pairs(batch, pad_token_id).items()}
     r = reward_scores(model, **b)
     return r[: len(batch)], r[len(batch) :]
@@ -320,7 +323,7 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
         data = tokenize_pairs(data, tokenizer)
     features = bool(data) and "layer" in data[0]
     if features:
-        _check_features(model, data, cfg.top_k)
+        _check_features(model, data, cfg.trained_layers)
     pad = None if features else (tokenizer.pad_token_id if tokenizer is not None else model.config.pad_token_id)
     check_reward_model(model)
     params = trainable_parameters(model)
@@ -339,7 +342,7 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
                 last = m == len(micro) - 1
                 with micro_batch(accelerator, wrapped, cfg, last):
                     # 2. score both replies, Bradley-Terry loss summed over the pairs
-                    rc, rr = wrapped(pair_scores, batch, cfg.top_k, pad)
+                    rc, rr = wrapped(pair_scores, batch, cfg.trained_layers, pad)
                     loss_sum = pairwise_loss(rc.float(), rr.float(), cfg.margin, cfg.center_coef) * len(batch)
                     tokens = sum(
                         len(b["chosen" if features else "chosen_ids"])
@@ -382,7 +385,15 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
 
 # %% ../nbs/04_reward_modeling.ipynb #7b4bc5d8
 REWARD_RECIPE = dict(
-    subset="helpful-base", test_size=0.2, max_length=128, n_pairs=400, top_k=2, steps=150, batch_size=8, lr=1e-4, seed=0
+    subset="helpful-base",
+    test_size=0.2,
+    max_length=128,
+    n_pairs=400,
+    trained_layers=2,
+    steps=150,
+    batch_size=8,
+    lr=1e-4,
+    seed=0,
 )  # chapter 4's reward model: hh-rlhf pairs, top 2 layers and the head on cached features
 
 
@@ -426,7 +437,7 @@ def course_reward_model(
         dict(recipe=recipe, model=_model_identity(name), pairs=[(p["chosen_ids"], p["rejected_ids"]) for p in pairs])
     )
     folder = cache_dir() / "reward_models" / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    train_only(model, top_layers(model, recipe["top_k"]) + ["score."])
+    freeze_all_but(model, top_layers(model, recipe["trained_layers"]) + ["score."])
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):  # one process trains; the others wait, then load
         if (folder / CACHE_MARK).exists():
@@ -437,7 +448,7 @@ def course_reward_model(
             model.load_state_dict(trained, strict=False)
             return model, tok, json.loads((folder / CACHE_MARK).read_text())
         t0 = time.perf_counter()
-        feats = cache_features(model, pairs, recipe["top_k"], tok.pad_token_id)
+        feats = cache_features(model, pairs, recipe["trained_layers"], tok.pad_token_id)
         history = train_reward(
             model,
             feats,
@@ -445,14 +456,15 @@ def course_reward_model(
                 steps=recipe["steps"],
                 batch_size=recipe["batch_size"],
                 lr=recipe["lr"],
-                top_k=recipe["top_k"],
+                trained_layers=recipe["trained_layers"],
                 seed=recipe["seed"],
             ),
         )
-        test_feats = cache_features(model, test, recipe["top_k"], tok.pad_token_id)
+        test_feats = cache_features(model, test, recipe["trained_layers"], tok.pad_token_id)
         with torch.no_grad():
             held_out = [
-                scores_from_features(model, test_feats[i : i + 16], recipe["top_k"]) for i in range(0, len(test), 16)
+                scores_from_features(model, test_feats[i : i + 16], recipe["trained_layers"])
+                for i in range(0, len(test), 16)
             ]
         rc, rr = (torch.cat(x) for x in zip(*held_out))
         report = dict(

@@ -7,8 +7,8 @@ Docs: https://alignbook.github.io/alignbook/instruction_tuning.html.md"""
 # %% auto #0
 __all__ = ['ALPACA_WITH_INPUT', 'ALPACA_NO_INPUT', 'TEMPLATES', 'SFT_FORMATS', 'TRUNCATION', 'NAMES', 'CITIES', 'render',
            'tokenize_sft', 'chat_ids', 'tokenize_messages', 'tokenize_chat_completion', 'show_masked', 'collate_sft',
-           'row_format', 'tokenize_row', 'prepare_sft', 'train_only', 'top_layers', 'SFTSettings', 'completion_loss',
-           'summed_nll', 'train_sft', 'json_format_rows', 'exact_match']
+           'row_format', 'tokenize_row', 'prepare_sft', 'freeze_all_but', 'top_layers', 'SFTSettings',
+           'completion_loss', 'summed_nll', 'train_sft', 'json_format_rows', 'exact_match']
 
 # %% ../nbs/03_instruction_tuning.ipynb #26201419
 import html
@@ -260,7 +260,7 @@ def prepare_sft(
     return kept
 
 # %% ../nbs/03_instruction_tuning.ipynb #dace4df5
-def train_only(model, prefixes: list[str]) -> int:
+def freeze_all_but(model, prefixes: list[str]) -> int:
     "Freeze every parameter whose name starts with none of `prefixes`; returns the number of trainable parameters."
     n = 0
     for name, p in model.named_parameters():

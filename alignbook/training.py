@@ -93,7 +93,7 @@ def trainable_parameters(model) -> list[nn.Parameter]:
         )
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters: unfreeze some (sft.train_only, lora.inject_lora)")
+        raise ValueError("the model has no trainable parameters: unfreeze some (sft.freeze_all_but, lora.inject_lora)")
     low = [n for n, p in params if p.dtype not in (torch.float32, torch.float64)]
     if low:
         raise ValueError(

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from alignbook.distributions import response_mask
+from alignbook.distributions import completion_mask_until_stop
 from alignbook.lora import inject_lora
 from alignbook.models import load_model, load_tokenizer
-from alignbook.policy_gradient import ReinforceSettings, policy_and_ref_logprobs, shared_trunk_depth, train_reinforce
+from alignbook.policy_gradient import ReinforceSettings, first_trainable_layer, policy_and_ref_logprobs, train_reinforce
 from alignbook.sampling import generate
 
 TARGETS = [f"layers.{i}.self_attn.{p}" for i in range(26, 30) for p in ["q_proj", "v_proj"]]
@@ -50,14 +50,14 @@ def main(repeats, steps, rows, new_tokens):
     ]
 
     policy = inject_lora(load_model(device="cpu"), TARGETS, r=8, alpha=16)
-    first = shared_trunk_depth(policy, ref)
+    first = first_trainable_layer(policy, ref)
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
     seqs = generate(
         policy, **enc, do_sample=True, top_k=0, max_new_tokens=new_tokens, num_return_sequences=rows // len(prompts)
     )
     P = enc["input_ids"].shape[1]
-    gen = response_mask(seqs[:, P:], [tok.eos_token_id])
+    gen = completion_mask_until_stop(seqs[:, P:], [tok.eos_token_id])
     n = rows // len(prompts)
     attn = torch.cat([enc["attention_mask"].repeat_interleave(n, 0), gen], 1)
     comp = torch.cat([torch.zeros_like(enc["attention_mask"]).repeat_interleave(n, 0), gen], 1)

@@ -17,9 +17,9 @@ from trl import RewardConfig, RewardTrainer
 
 from alignbook.data import load_hh_rlhf
 from alignbook.reward import RewardSettings, cache_features, load_reward_model, tokenize_pairs, train_reward
-from alignbook.sft import top_layers, train_only
+from alignbook.sft import freeze_all_but, top_layers
 
-TOP_K, BATCH = 2, 8
+TRAINED_LAYERS, BATCH = 2, 8
 
 
 class StepTimer(TrainerCallback):
@@ -43,17 +43,17 @@ def main(steps=8, warmup=2):
     trl_rows = [r for r in rows if tuple(tok(r["prompt"] + r["chosen"] + tok.eos_token)["input_ids"]) in kept][:n]
     assert len(pairs) == len(trl_rows) == n
 
-    train_only(model, top_layers(model, TOP_K) + ["score."])
+    freeze_all_but(model, top_layers(model, TRAINED_LAYERS) + ["score."])
     t = time.perf_counter()
-    feats = cache_features(model, pairs, TOP_K, tok.pad_token_id)
+    feats = cache_features(model, pairs, TRAINED_LAYERS, tok.pad_token_id)
     t_cache = time.perf_counter() - t
-    train_reward(model, feats[: warmup * BATCH], RewardSettings(steps=warmup, seed=None, top_k=TOP_K))
+    train_reward(model, feats[: warmup * BATCH], RewardSettings(steps=warmup, seed=None, trained_layers=TRAINED_LAYERS))
     t = time.perf_counter()
-    train_reward(model, feats[warmup * BATCH :], RewardSettings(steps=steps, seed=None, top_k=TOP_K))
+    train_reward(model, feats[warmup * BATCH :], RewardSettings(steps=steps, seed=None, trained_layers=TRAINED_LAYERS))
     ours = (time.perf_counter() - t) / steps
 
     model, _ = load_reward_model()
-    train_only(model, top_layers(model, TOP_K) + ["score."])
+    freeze_all_but(model, top_layers(model, TRAINED_LAYERS) + ["score."])
     args = RewardConfig(
         output_dir="/tmp/alignbook_bench_rm",
         report_to=[],
@@ -82,7 +82,7 @@ def main(steps=8, warmup=2):
     theirs = sum(timer.times[warmup:]) / steps
 
     cache_per_step = t_cache / (n / BATCH)
-    print(f"batch {BATCH} pairs, {steps} timed steps, top {TOP_K} layers + head trainable")
+    print(f"batch {BATCH} pairs, {steps} timed steps, top {TRAINED_LAYERS} layers + head trainable")
     print(
         f"ours: {ours:.2f} s/step (+ {cache_per_step:.2f} s/step of one-time feature caching, amortised over one epoch)"
     )

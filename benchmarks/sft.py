@@ -17,7 +17,7 @@ from trl import SFTConfig, SFTTrainer
 
 from alignbook.data import load_instructions
 from alignbook.models import load_model, load_tokenizer
-from alignbook.sft import SFTSettings, prepare_sft, render, top_layers, train_only, train_sft
+from alignbook.sft import SFTSettings, freeze_all_but, prepare_sft, render, top_layers, train_sft
 
 
 class StepTimer(TrainerCallback):
@@ -49,7 +49,7 @@ def main(steps=10, warmup=2, batch_size=8, max_length=128):
     tokens = sum(len(r["input_ids"]) for r in rows[warmup * batch_size :])
 
     model = load_model(device="cpu")
-    train_only(model, top_layers(model, 4))
+    freeze_all_but(model, top_layers(model, 4))
     train_sft(
         model,
         rows[: warmup * batch_size],
@@ -66,7 +66,7 @@ def main(steps=10, warmup=2, batch_size=8, max_length=128):
     ours = (time.perf_counter() - t) / steps
 
     model = load_model(device="cpu")
-    train_only(model, top_layers(model, 4))
+    freeze_all_but(model, top_layers(model, 4))
     args = SFTConfig(
         output_dir="/tmp/alignbook_bench_sft",
         report_to=[],

@@ -13,7 +13,7 @@ from alignbook.models import TINY, cache_problem, convert_gguf, load_model, load
 from alignbook.policy_gradient import ReinforceSettings, train_reinforce
 from alignbook.reward import RewardSettings, cache_features, load_reward_model, tokenize_pairs, train_reward, win_rate
 from alignbook.sampling import generate
-from alignbook.sft import SFTSettings, prepare_sft, top_layers, train_only, train_sft
+from alignbook.sft import SFTSettings, freeze_all_but, prepare_sft, top_layers, train_sft
 from alignbook.training import TrainConfig
 
 ROWS = [dict(prompt=f"Q{i}:", completion=f" answer number {i}") for i in range(8)]
@@ -153,12 +153,12 @@ def test_reward_checks():
     rm, tok = load_reward_model(TINY)
     pairs = tokenize_pairs([dict(prompt="Q:", chosen=" yes", rejected=" no")] * 4, tok)
     feats = cache_features(rm, pairs, 1, tok.pad_token_id)
-    train_only(rm, top_layers(rm, 1) + ["score."])
-    with pytest.raises(ValueError, match="cached at layer 1, but top_k=2"):
-        train_reward(rm, feats, RewardSettings(steps=1, top_k=2))
+    freeze_all_but(rm, top_layers(rm, 1) + ["score."])
+    with pytest.raises(ValueError, match="cached at layer 1, but trained_layers=2"):
+        train_reward(rm, feats, RewardSettings(steps=1, trained_layers=2))
     feats[2]["chosen"][0, 0] = float("nan")
     with pytest.raises(ValueError, match="features of pairs \\[2\\] are NaN"):
-        train_reward(rm, feats, RewardSettings(steps=1, top_k=1))
+        train_reward(rm, feats, RewardSettings(steps=1, trained_layers=1))
     with pytest.raises(ValueError, match="pad token is its EOS token"):
         load_model(kind="reward", device="cpu")
 
@@ -190,12 +190,12 @@ def test_other_architectures_train(arch):
     )
     tok = load_tokenizer(TINY)
     lm = AutoModelForCausalLM.from_config(cfg)
-    train_only(lm, top_layers(lm, 1))
+    freeze_all_but(lm, top_layers(lm, 1))
     assert len(train_sft(lm, ROWS, SFTSettings(steps=2, eval_every=0), tok)) == 2
     cfg.num_labels = 1
     rm = AutoModelForSequenceClassification.from_config(cfg)
     tok.pad_token = "<|endoftext|>"
-    train_only(rm, top_layers(rm, 1) + ["score."])
+    freeze_all_but(rm, top_layers(rm, 1) + ["score."])
     history = train_reward(
         rm, [dict(prompt="Q:", chosen=" a good answer", rejected=" no")] * 4, RewardSettings(steps=2, batch_size=2), tok
     )

@@ -23,7 +23,7 @@ from alignbook.dpo import (
 )
 from alignbook.lora import inject_lora, lora_layers, merge
 from alignbook.models import TINY, load_model, load_tokenizer
-from alignbook.policy_gradient import shared_trunk_depth
+from alignbook.policy_gradient import first_trainable_layer
 
 ROWS = [
     dict(prompt="Q: What color is the sky?\nA:", chosen=" Blue.", rejected=" Green."),
@@ -81,7 +81,7 @@ def test_three_references_agree(tok):
 def test_shared_trunk_equals_full_passes(tok):
     policy = _trained_lora()
     batch = collate_preferences(tokenize_preferences(ROWS, tok), tok.pad_token_id)
-    first = shared_trunk_depth(policy, policy)
+    first = first_trainable_layer(policy, policy)
     assert first == 1
     full, shared = (
         policy_and_reference_logps(policy, batch),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignbook.distributions import response_mask
+from alignbook.distributions import completion_mask_until_stop
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.policy_gradient import (
@@ -18,11 +18,11 @@ from alignbook.policy_gradient import (
     categorical_score_estimate,
     check_rewards,
     clipped_surrogate,
+    first_trainable_layer,
     gaussian_score_estimate,
     leave_one_out_baseline,
     policy_and_ref_logprobs,
     reinforce_loss,
-    shared_trunk_depth,
     train_reinforce,
 )
 
@@ -103,7 +103,7 @@ def test_bad_rewards_are_refused_before_any_update():
 
 
 def test_response_mask_and_reward_checks():
-    assert response_mask(torch.tensor([[2, 5], [7, 2]]), [2]).tolist() == [[1, 0], [1, 1]]
+    assert completion_mask_until_stop(torch.tensor([[2, 5], [7, 2]]), [2]).tolist() == [[1, 0], [1, 1]]
     with pytest.raises(ValueError, match="must return 3 numbers"):
         check_rewards([[1.0, 2.0, 3.0]], 3)
     with pytest.raises(ValueError, match="at least 2"):
@@ -128,7 +128,7 @@ def _policy(seed=0, targets=("layers.1.self_attn.q_proj", "layers.1.self_attn.v_
 
 def test_shared_trunk_equals_two_full_forward_passes():
     ref, policy = _frozen(load_model(TINY, device="cpu")), _policy()
-    assert shared_trunk_depth(policy, ref) == 1
+    assert first_trainable_layer(policy, ref) == 1
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 5000, (3, 12), generator=g)
     attn = torch.ones_like(ids)
@@ -149,14 +149,14 @@ def test_shared_trunk_equals_two_full_forward_passes():
 def test_shared_trunk_is_refused_where_it_would_change_the_answer():
     ref = _frozen(load_model(TINY, device="cpu"))
     assert (
-        shared_trunk_depth(_policy(), _frozen(load_model(TINY, device="cpu", seed=1))) is None
+        first_trainable_layer(_policy(), _frozen(load_model(TINY, device="cpu", seed=1))) is None
     )  # other reference weights
     embeddings = _policy()
     embeddings.model.embed_tokens.weight.requires_grad_(True)
-    assert shared_trunk_depth(embeddings, ref) is None  # a trainable trunk
-    assert shared_trunk_depth(_frozen(load_model(TINY, device="cpu")), ref) is None  # nothing trainable
-    assert shared_trunk_depth(torch.nn.Linear(2, 2), ref) is None  # no model.layers
-    assert shared_trunk_depth(_policy(targets=["layers.0.self_attn.q_proj"]), ref) == 0  # embeddings only
+    assert first_trainable_layer(embeddings, ref) is None  # a trainable trunk
+    assert first_trainable_layer(_frozen(load_model(TINY, device="cpu")), ref) is None  # nothing trainable
+    assert first_trainable_layer(torch.nn.Linear(2, 2), ref) is None  # no model.layers
+    assert first_trainable_layer(_policy(targets=["layers.0.self_attn.q_proj"]), ref) == 0  # embeddings only
 
 
 def test_train_reinforce_is_the_same_with_and_without_the_shared_trunk():

@@ -11,12 +11,12 @@ from alignbook.sft import (
     TEMPLATES,
     SFTSettings,
     collate_sft,
+    freeze_all_but,
     json_format_rows,
     prepare_sft,
     render,
     tokenize_sft,
     top_layers,
-    train_only,
     train_sft,
 )
 
@@ -86,17 +86,17 @@ def test_prepare_counts_every_dropped_row(tok):
 
 def test_train_only_and_bad_prefix():
     model = load_model(TINY, device="cpu")
-    n = train_only(model, top_layers(model, 1))
+    n = freeze_all_but(model, top_layers(model, 1))
     assert n == sum(
         p.numel() for name, p in model.named_parameters() if name.startswith(("model.layers.1.", "model.norm."))
     )
     with pytest.raises(ValueError, match="no parameter"):
-        train_only(model, ["decoder.block."])
+        freeze_all_but(model, ["decoder.block."])
 
 
 def test_train_sft_lowers_the_loss_of_its_rows(tok):
     model = load_model(TINY, device="cpu")
-    train_only(model, ["model."])  # the whole tiny model: a random network needs its embeddings trained too
+    freeze_all_but(model, ["model."])  # the whole tiny model: a random network needs its embeddings trained too
     rows = prepare_sft(json_format_rows(16, seed=0), tok, "chat")
     hist = train_sft(model, rows, SFTSettings(steps=30, batch_size=8, lr=3e-3, eval_every=0), tok)
     losses = [h["loss"] for h in hist]

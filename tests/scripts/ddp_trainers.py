@@ -19,7 +19,7 @@ from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.policy_gradient import ReinforceSettings, train_reinforce
 from alignbook.ppo import PPOSettings, train_ppo
 from alignbook.reward import RewardSettings, cache_features, load_reward_model, tokenize_pairs, train_reward
-from alignbook.sft import SFTSettings, train_only, train_sft
+from alignbook.sft import SFTSettings, freeze_all_but, train_sft
 from alignbook.training import prepare
 
 out, batch = Path(sys.argv[1]), int(sys.argv[2])
@@ -41,7 +41,7 @@ def save(name, history, model):
 tok = load_tokenizer(TINY)
 rows = [dict(prompt=f"Repeat {i}:", completion=" " + " ".join(words[: 1 + (3 * i) % 11])) for i in range(16)]
 model = load_model(TINY, device="cpu")
-train_only(model, ["model.layers.1.", "model.norm."])
+freeze_all_but(model, ["model.layers.1.", "model.norm."])
 save("sft", train_sft(model, rows, SFTSettings(steps=3, batch_size=batch, lr=1e-2, eval_every=0, seed=0), tok), model)
 
 # reward: token pairs (the whole model runs) and cached features (the top layer runs)
@@ -50,12 +50,12 @@ pairs = tokenize_pairs(
     [dict(prompt=f"Q{i}:", chosen=" " + " ".join(words[: 2 + i % 7]), rejected=" " + words[i % 12]) for i in range(16)],
     rtok,
 )
-train_only(rm, ["model.layers.1.", "model.norm.", "score."])
-save("reward", train_reward(rm, pairs, RewardSettings(steps=3, batch_size=batch, lr=1e-2, top_k=1), rtok), rm)
+freeze_all_but(rm, ["model.layers.1.", "model.norm.", "score."])
+save("reward", train_reward(rm, pairs, RewardSettings(steps=3, batch_size=batch, lr=1e-2, trained_layers=1), rtok), rm)
 rm, rtok = load_reward_model(TINY)
-train_only(rm, ["model.layers.1.", "model.norm.", "score."])
+freeze_all_but(rm, ["model.layers.1.", "model.norm.", "score."])
 feats = cache_features(rm, pairs, 1, rtok.pad_token_id)
-save("features", train_reward(rm, feats, RewardSettings(steps=3, batch_size=batch, lr=1e-2, top_k=1)), rm)
+save("features", train_reward(rm, feats, RewardSettings(steps=3, batch_size=batch, lr=1e-2, trained_layers=1)), rm)
 
 # REINFORCE: each rank samples its own responses; the ranks must stay in sync
 policy, ref = inject_lora(load_model(TINY, device="cpu"), ["q_proj", "v_proj"], r=2), load_model(TINY, device="cpu")
