@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from .distributions import sequence_logprobs
 from .lora import lora_layers
-from .policy_gradient import check_reference, first_trainable_layer, logprobs_above_trunk, trunk_states
-from .reward import _reply_text
+from .policy_gradient import check_reference, first_trainable_layer, logprobs_above_trunk
+from .reward import _reply_text, trunk_states
 from .sft import chat_ids
 from alignbook.training import (
     TrainConfig,

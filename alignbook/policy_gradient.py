@@ -6,8 +6,8 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
-           'train_bandit', 'sequence_kl', 'trunk_states', 'top_hidden', 'logprobs_above_trunk', 'first_trainable_layer',
-           'policy_and_ref_logprobs', 'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
+           'train_bandit', 'sequence_kl', 'logprobs_above_trunk', 'first_trainable_layer', 'policy_and_ref_logprobs',
+           'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
 import time
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .distributions import completion_mask_until_stop, sequence_logprobs
+from .reward import top_hidden, trunk_states
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
@@ -100,45 +101,6 @@ def train_bandit(
 def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     "Per-sequence KL estimate Σ_t (log π - log π_ref) over the masked (sampled) tokens."
     return ((logp - ref_logp) * mask).sum(-1)
-
-# %% ../nbs/06_log_derivative.ipynb #d2c349e0
-class _StopForward(Exception):
-    pass
-
-# %% ../nbs/06_log_derivative.ipynb #9b0e8da7
-@torch.no_grad()
-def trunk_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_layer: int) -> dict:
-    """Run `model` without gradient up to decoder layer `first_layer`: the hidden states entering it and its other
-    arguments."""
-    seen = {}
-
-    def grab(module, args, kwargs):
-        seen.update(hidden=args[0] if args else kwargs.pop("hidden_states"), kwargs=kwargs)
-        raise _StopForward
-
-    handle = model.model.layers[first_layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=False,
-        )
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return seen
-
-# %% ../nbs/06_log_derivative.ipynb #07be1959
-def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
-    "Final-norm hidden states (batch, length, hidden): `model`'s decoder layers from `first_layer` up, run on `trunk`."
-    h = trunk["hidden"]
-    for layer in model.model.layers[first_layer:]:
-        h = layer(h, **trunk["kwargs"])
-        if isinstance(h, tuple):
-            h = h[0]  # older transformers return (hidden, ...)
-    return model.model.norm(h)
 
 # %% ../nbs/06_log_derivative.ipynb #32cf347a
 def logprobs_above_trunk(

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .distributions import completion_mask_until_stop
-from .policy_gradient import check_reference, check_rewards, first_trainable_layer, top_hidden, trunk_states
-from .reward import check_reward_model, reward_scores
+from .policy_gradient import check_reference, check_rewards, first_trainable_layer
+from .reward import check_reward_model, reward_scores, top_hidden, trunk_states
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,

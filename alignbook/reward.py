@@ -7,8 +7,8 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 # %% auto #0
 __all__ = ['REWARD_RECIPE', 'simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss',
            'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'pair_ids', 'tokenize_pairs',
-           'collate_pairs', 'win_rate', 'cache_features', 'scores_from_features', 'RewardSettings', 'pair_scores',
-           'train_reward', 'course_reward_model', 'pair_outcomes', 'paired_accuracy']
+           'collate_pairs', 'win_rate', 'trunk_states', 'top_hidden', 'cache_features', 'scores_from_features',
+           'RewardSettings', 'pair_scores', 'train_reward', 'course_reward_model', 'pair_outcomes', 'paired_accuracy']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
 import hashlib
@@ -219,17 +219,69 @@ def _check_llama_layout(model):
             "Mistral: model.layers with rotary embeddings); train it on token pairs instead"
         )
 
+# %% ../nbs/04_reward_modeling.ipynb #c220d0f5
+class _StopForward(Exception):
+    pass
+
+# %% ../nbs/04_reward_modeling.ipynb #1c91f27c
+@torch.no_grad()
+def trunk_states(
+    model,
+    input_ids: torch.Tensor | None,  # (batch, length) token ids, or None with `inputs_embeds`
+    attention_mask: torch.Tensor | None,  # (batch, length), 1 on real tokens; None: causal attention only
+    first_layer: int,  # the decoder layer whose inputs we want
+    inputs_embeds: torch.Tensor | None = None,  # (batch, length, hidden) instead of `input_ids`
+) -> dict:
+    """Run `model` without gradient up to decoder layer `first_layer`: `hidden`, the states entering it (batch,
+    length, hidden), and `kwargs`, the layer's other arguments as the model computes them (rotary embeddings, attention
+    mask)."""
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen.update(hidden=args[0] if args else kwargs.pop("hidden_states"), kwargs=kwargs)
+        raise _StopForward
+
+    handle = model.model.layers[first_layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=None
+            if attention_mask is None
+            else (attention_mask.cumsum(-1) - 1).clamp(min=0),  # any padding
+            use_cache=False,
+        )
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen
+
+# %% ../nbs/04_reward_modeling.ipynb #688fe978
+def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
+    "Final-norm hidden states (batch, length, hidden): `model`'s decoder layers from `first_layer` up, run on `trunk`."
+    h = trunk["hidden"]
+    for layer in model.model.layers[first_layer:]:
+        h = layer(h, **trunk["kwargs"])
+        if isinstance(h, tuple):
+            h = h[0]  # older transformers return (hidden, ...)
+    return model.model.norm(h)
+
 # %% ../nbs/04_reward_modeling.ipynb #ff5c5f12
 @torch.no_grad()
 def cache_features(model, pairs: list[dict], trained_layers: int, pad_token_id: int, batch_size: int = 8) -> list[dict]:
     """Hidden states at the input of the last `trained_layers` layers for each pair's two sequences, computed once
     (frozen layers)."""
     _check_llama_layout(model)
+    if not 1 <= trained_layers <= model.config.num_hidden_layers:
+        raise ValueError(f"trained_layers must be in 1..{model.config.num_hidden_layers}, got {trained_layers}")
     layer, out = model.config.num_hidden_layers - trained_layers, []
     for i in tqdm(range(0, len(pairs), batch_size), desc="caching features"):
         chunk = pairs[i : i + batch_size]
         b = collate_pairs(chunk, pad_token_id)
-        h = model.model(**{k: v.to(model.device) for k, v in b.items()}, output_hidden_states=True).hidden_states[layer]
+        b = {k: v.to(model.device) for k, v in b.items()}
+        h = trunk_states(model, b["input_ids"], b["attention_mask"], layer)["hidden"]  # (2·pairs, longest, hidden)
         n = len(chunk)
         for j, r in enumerate(chunk):
             out.append(
@@ -253,14 +305,11 @@ def scores_from_features(model, feats: list[dict], trained_layers: int) -> tuple
         )
     seqs = [f["chosen"] for f in feats] + [f["rejected"] for f in feats]
     lengths = torch.tensor([len(s) for s in seqs], device=model.device)
-    h = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(model.device)  # right padding
-    pos = torch.arange(h.shape[1], device=h.device)[None].expand(len(seqs), -1)
-    rope = model.model.rotary_emb(h, pos)
-    for block in model.model.layers[layer:]:
-        h = block(
-            h, attention_mask=None, position_embeddings=rope, position_ids=pos
-        )  # causal: padding follows real tokens
-    h = model.model.norm(h)
+    h = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(model.device)  # (2·pairs, longest, hidden)
+    # right padding: a real token never attends to the padding after it, so causal attention is all the layers need;
+    # the model computes their arguments (rotary embeddings, causal mask) for these states, as it would for embeddings
+    layer_args = trunk_states(model, None, None, 0, inputs_embeds=h)["kwargs"]
+    h = top_hidden(model, dict(hidden=h, kwargs=layer_args), layer)  # the trained layers and the final norm
     r = model.score(h[torch.arange(len(seqs), device=h.device), lengths - 1]).squeeze(-1)
     return r[: len(feats)], r[len(feats) :]
 

@@ -20,6 +20,8 @@ from alignbook.reward import (
     scores_from_features,
     simulate_comparisons,
     tokenize_pairs,
+    top_hidden,
+    trunk_states,
     win_rate,
 )
 
@@ -99,6 +101,27 @@ def test_cached_features_equal_the_full_model():
             rc, rr = scores_from_features(model, feats, k)
             full = reward_scores(model, **collate_pairs(pairs, tok.pad_token_id))
         torch.testing.assert_close(torch.cat([rc, rr]), full, rtol=1e-5, atol=1e-6)
+    for k in (0, 5):  # no layer to train, or more layers than the model has
+        with pytest.raises(ValueError, match="trained_layers must be in 1..4"):
+            cache_features(model, pairs, k, tok.pad_token_id)
+
+
+def test_trunk_states_then_top_hidden_equal_the_full_model_for_either_padding_side():
+    model = load_model(TINY, num_hidden_layers=4).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 1000, (3, 9), generator=g)
+    for side in ("left", "right"):
+        mask = torch.ones_like(ids)
+        if side == "left":
+            mask[0, :4] = 0
+        else:
+            mask[0, -4:] = 0
+        with torch.no_grad():
+            full = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            for first in (1, 3):
+                h = top_hidden(model, trunk_states(model, ids, mask, first), first)
+                real = mask.bool()
+                torch.testing.assert_close(model.lm_head(h)[real], full.logits[real], rtol=1e-5, atol=1e-5)
 
 
 def test_bradley_terry_recovers_strengths():
