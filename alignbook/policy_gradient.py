@@ -7,7 +7,7 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
            'train_bandit', 'sequence_kl', 'logprobs_above_trunk', 'first_trainable_layer', 'policy_and_ref_logprobs',
-           'ReinforceSettings', 'check_reference', 'train_reinforce', 'clipped_surrogate']
+           'ReinforceSettings', 'check_reference', 'sample_responses', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
 import time
@@ -201,6 +201,38 @@ def check_reference(policy, ref):
             "whatever the policy learns. Load a separate frozen copy of the starting model as the reference."
         )
 
+# %% ../nbs/06_log_derivative.ipynb #54102cff
+def sample_responses(
+    model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, generator: torch.Generator, sample_fn=generate
+) -> dict:
+    """`k` responses to each prompt at temperature 1 with no top-k (the distribution the gradient is for), cut after
+    the first EOS: `sequences` (n·k, prompt + new), its `attention_mask` and `completion_mask`, `texts`, `finished`."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right end
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    tokenizer.padding_side = side
+    seqs = sample_fn(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=k,
+        generator=generator,
+    )
+    P = enc["input_ids"].shape[1]
+    new_mask = completion_mask_until_stop(seqs[:, P:], [tokenizer.eos_token_id])  # (n·k, new): up to the first EOS
+    kept = seqs[:, P:] * new_mask + tokenizer.pad_token_id * (1 - new_mask)
+    prompt_mask = enc["attention_mask"].repeat_interleave(k, 0)  # (n·k, P)
+    return dict(
+        sequences=seqs,
+        attention_mask=torch.cat([prompt_mask, new_mask], 1),
+        completion_mask=torch.cat([torch.zeros_like(prompt_mask), new_mask], 1),
+        texts=tokenizer.batch_decode(kept, skip_special_tokens=True),
+        finished=(seqs[:, P:] == tokenizer.eos_token_id).any(1),
+    )
+
 # %% ../nbs/06_log_derivative.ipynb #53c4902f
 def train_reinforce(
     policy,
@@ -228,33 +260,22 @@ def train_reinforce(
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
             # 1. sample k responses to each of this process's prompts (every process draws all, takes its share)
             chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n : (rank + 1) * n].tolist()
-            enc = tokenizer([prompts[i] for i in chosen], return_tensors="pt", padding=True).to(device)
             policy.eval()
-            seqs = sample_fn(
+            batch = sample_responses(
                 unwrap(policy),
-                enc["input_ids"],
-                enc["attention_mask"],
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                max_new_tokens=cfg.max_new_tokens,
-                num_return_sequences=k,
-                generator=sampling_generator(cfg.seed, step - 1, rank, device),
+                tokenizer,
+                [prompts[i] for i in chosen],
+                k,
+                cfg.max_new_tokens,
+                sampling_generator(cfg.seed, step - 1, rank, device),
+                sample_fn,
             )
-            P = enc["input_ids"].shape[1]
-            completion_mask = completion_mask_until_stop(
-                seqs[:, P:], [tokenizer.eos_token_id]
-            )  # (n·k, new tokens): up to the first EOS
-            kept = seqs[:, P:] * completion_mask + tokenizer.pad_token_id * (1 - completion_mask)
-            texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
-            finished = (seqs[:, P:] == tokenizer.eos_token_id).any(1)
+            seqs, attn, seq_completion_mask, finished = (
+                batch[key] for key in ("sequences", "attention_mask", "completion_mask", "finished")
+            )
             # 2. score: the reward function, refused (before any update) if not finite or of the wrong shape
-            rewards = check_rewards(reward_fn(texts, finished), len(texts)).to(device)
+            rewards = check_rewards(reward_fn(batch["texts"], finished), len(seqs)).to(device)
             # 3. advantages: KL-shaped reward minus the leave-one-out mean of its group
-            attn = torch.cat([enc["attention_mask"].repeat_interleave(k, 0), completion_mask], 1)
-            seq_completion_mask = torch.cat(
-                [torch.zeros_like(enc["attention_mask"]).repeat_interleave(k, 0), completion_mask], 1
-            )
             policy.train()
             logp_tok, ref_tok = wrapped(
                 lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, seq_completion_mask, first_layer)
@@ -271,7 +292,7 @@ def train_reinforce(
                         rewards.mean(),
                         rewards.std(),
                         kl.mean(),
-                        completion_mask.sum(1).float().mean(),
+                        seq_completion_mask.sum(1).float().mean(),
                         (~finished).float().mean(),
                     ]
                 ),
