@@ -7,10 +7,12 @@ Docs: https://alignbook.github.io/alignbook/dpo.html.md"""
 # %% auto #0
 __all__ = ['TRUNCATION_MODES', 'DPO_LOSSES', 'METRIC_NAMES', 'common_prefix_length', 'explicit_prompt', 'preference_ids',
            'collate_preferences', 'tokenize_preferences', 'completion_logps', 'dpo_loss', 'preference_sums',
-           'preference_metrics', 'adapters_off', 'reference_logps', 'precompute_reference',
-           'policy_and_reference_logps', 'DPOSettings', 'check_dpo_reference', 'train_dpo']
+           'preference_metrics', 'adapters_off', 'reference_logps', 'reference_key', 'precompute_reference',
+           'policy_and_reference_logps', 'DPOSettings', 'check_dpo_reference', 'check_precomputed', 'train_dpo']
 
 # %% ../nbs/08_dpo.ipynb #8a97a3dd
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -25,11 +27,12 @@ from tqdm.auto import tqdm
 from .distributions import sequence_logprobs
 from .lora import lora_layers
 from .policy_gradient import check_reference, first_trainable_layer, logprobs_above_trunk
-from .reward import _reply_text, trunk_states
+from .reward import _reply_text, check_preference_row, trunk_states
 from .sft import chat_ids
 from alignbook.training import (
     TrainConfig,
     check_finite,
+    check_rows,
     log_row,
     make_optimizer,
     micro_batch,
@@ -52,9 +55,7 @@ def common_prefix_length(a: list, b: list) -> int:
 # %% ../nbs/08_dpo.ipynb #4bae6eb4
 def explicit_prompt(row: dict) -> dict:
     "A preference row with its prompt explicit: TRL's implicit form (the prompt inside both completions) is split."
-    for k in ("prompt", "chosen", "rejected"):
-        if k in row and not isinstance(row[k], (str, list)):
-            raise TypeError(f"field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text or messages")
+    check_preference_row(row)  # chapter 4: the fields TRL's formats need, one format per row
     if "prompt" in row:
         return row
     chosen, rejected = row["chosen"], row["rejected"]
@@ -121,11 +122,11 @@ def tokenize_preferences(rows, tokenizer, max_length: int | None = None, truncat
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     kept, dropped = [], Counter()
-    for i, row in enumerate(rows):
+    for i, row in enumerate(check_rows(rows, "tokenize_preferences")):
         try:
             row = explicit_prompt(row)
-        except TypeError as e:
-            raise TypeError(f"row {i}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"row {i}: {e}") from None
         if not _reply_text(row["chosen"]).strip() or not _reply_text(row["rejected"]).strip():
             dropped["empty completion"] += 1
             continue
@@ -254,6 +255,12 @@ def reference_logps(policy, batch: dict, ref=None) -> tuple[torch.Tensor, torch.
     with adapters_off(policy):
         return completion_logps(policy, batch)
 
+# %% ../nbs/08_dpo.ipynb #dee486f5
+def reference_key(row: dict, max_length: int | None, truncation: str) -> dict:
+    "What a row's reference log-probs depend on: a hash of its token ids (in order), `max_length` and `truncation`."
+    ids = json.dumps([row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]])
+    return dict(ids=hashlib.sha256(ids.encode()).hexdigest()[:16], max_length=max_length, truncation=truncation)
+
 # %% ../nbs/08_dpo.ipynb #7ebb1631
 def precompute_reference(
     policy,
@@ -264,13 +271,22 @@ def precompute_reference(
     max_length: int | None = None,
     truncation: str = "keep_start",
 ) -> list[dict]:
-    "The rows with `ref_chosen_logps` and `ref_rejected_logps` added, computed once without gradient."
+    """The rows with `ref_chosen_logps` and `ref_rejected_logps` added, computed once without gradient, and
+    `ref_logps_for`: what they were computed from (`reference_key`)."""
     out, device = [], next(policy.parameters()).device
     for i in tqdm(range(0, len(rows), batch_size), desc="reference log-probs"):
         chunk = rows[i : i + batch_size]
         batch = {k: v.to(device) for k, v in collate_preferences(chunk, pad_token_id, max_length, truncation).items()}
         c, r = reference_logps(policy, batch, ref)
-        out += [dict(row, ref_chosen_logps=a.item(), ref_rejected_logps=b.item()) for row, a, b in zip(chunk, c, r)]
+        out += [
+            dict(
+                row,
+                ref_chosen_logps=a.item(),
+                ref_rejected_logps=b.item(),
+                ref_logps_for=reference_key(row, max_length, truncation),
+            )
+            for row, a, b in zip(chunk, c, r)
+        ]
     return out
 
 # %% ../nbs/08_dpo.ipynb #e6cde16e
@@ -347,6 +363,50 @@ def check_dpo_reference(policy, ref):
             "adapters off does not give the starting model: pass a frozen copy of it as `ref`"
         )
 
+# %% ../nbs/08_dpo.ipynb #bd0c546c
+def check_precomputed(rows, ref, max_length: int | None, truncation: str) -> bool:
+    """Whether the rows carry reference log-probs that still apply; refuses some rows with and some without, rows
+    whose ids or settings changed since `precompute_reference`, and an explicit `ref` that they would override."""
+    carry = [i for i, r in enumerate(rows) if "ref_chosen_logps" in r or "ref_rejected_logps" in r]
+    if not carry:
+        return False
+    if len(carry) < len(rows):
+        lacking = next(i for i in range(len(rows)) if i not in set(carry))
+        raise ValueError(
+            f"train_dpo: {len(carry)} of {len(rows)} rows carry reference log-probs, row {lacking} does not: "
+            "precompute them for every row (precompute_reference), or drop the columns from all"
+        )
+    if ref is not None:
+        raise ValueError(
+            "train_dpo: the rows carry reference log-probs and ref= was given too, so one of them would be ignored: "
+            "pass ref=None to use the rows' log-probs, or drop ref_chosen_logps/ref_rejected_logps to use ref"
+        )
+    unchecked = 0
+    for i, r in enumerate(rows):
+        if "ref_logps_for" not in r:
+            unchecked += 1
+            continue
+        now = reference_key(r, max_length, truncation)
+        if r["ref_logps_for"] != now:
+            then = r["ref_logps_for"]
+            what = (
+                "its token ids (another row, or chosen and rejected swapped)"
+                if then["ids"] != now["ids"]
+                else f"max_length={then['max_length']}, truncation={then['truncation']!r}"
+            )
+            raise ValueError(
+                f"train_dpo: row {i}'s reference log-probs were computed for {what}, and training uses "
+                f"max_length={max_length}, truncation={truncation!r} on these ids: recompute them with the "
+                "training settings (precompute_reference(..., max_length=, truncation=)) or drop the columns"
+            )
+    if unchecked:
+        warnings.warn(
+            f"train_dpo: {unchecked} rows carry reference log-probs that precompute_reference did not make (no "
+            "ref_logps_for): they are used as given, unchecked against these ids and max_length",
+            stacklevel=3,
+        )
+    return True
+
 # %% ../nbs/08_dpo.ipynb #0a98717a
 def train_dpo(
     policy,
@@ -357,7 +417,8 @@ def train_dpo(
 ) -> list[dict]:
     "Train `policy` on preference pairs with the DPO loss; returns the history with TRL's metric names."
     cfg = cfg or DPOSettings()
-    if data and "prompt_ids" not in data[0]:  # preference rows: tokenize them
+    data = check_rows(data, "train_dpo")
+    if "prompt_ids" not in data[0]:  # preference rows: tokenize them
         if tokenizer is None:
             raise ValueError("preference rows need the tokenizer; or pass tokenize_preferences' output")
         data = tokenize_preferences(data, tokenizer, cfg.max_length, cfg.truncation)
@@ -369,7 +430,7 @@ def train_dpo(
     first_layer = first_trainable_layer(policy, policy if ref is None else ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    precomputed = "ref_chosen_logps" in data[0] if data else False  # rows from `precompute_reference` keep theirs
+    precomputed = check_precomputed(data, ref, cfg.max_length, cfg.truncation)  # rows that still match keep theirs
     if cfg.precompute_ref and not precomputed:
         data = precompute_reference(policy, data, pad, ref, cfg.batch_size * 2, cfg.max_length, cfg.truncation)
         precomputed = True

@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/lora.html.md"""
 
 # %% auto #0
 __all__ = ['UNSUPPORTED', 'LoRALinear', 'delta_weight', 'merge', 'unmerge', 'lora_targets', 'inject_lora', 'remove_lora',
-           'lora_layers', 'count_trainable', 'copy_from_peft', 'save_lora', 'load_lora']
+           'lora_layers', 'count_trainable', 'copy_from_peft', 'save_lora', 'read_adapter_config', 'load_lora']
 
 # %% ../nbs/05_lora.ipynb #1ea87510
 import json
@@ -234,18 +234,40 @@ UNSUPPORTED = dict(
     megatron_config=(None,),
 )
 
+# %% ../nbs/05_lora.ipynb #d62c5c3d
+def read_adapter_config(path: str | Path) -> dict:
+    "A PEFT LoRA adapter's `adapter_config.json`, refused with the file's name when it is missing, malformed or odd."
+    file = Path(path) / "adapter_config.json"
+    if not file.exists():
+        raise FileNotFoundError(
+            f"{path} holds no adapter_config.json: pass a folder written by save_lora, alignbook pipeline "
+            "(e.g. runs/quick/ppo) or PEFT's save_pretrained"
+        )
+    try:
+        cfg = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON ({e}): the file is damaged; save the adapter again") from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        got = cfg.get("peft_type") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ValueError(f"{file}: not a LoRA adapter (peft_type={got!r})")
+    if missing := [k for k in ("target_modules", "r", "lora_alpha") if k not in cfg]:
+        raise ValueError(f"{file} lacks {missing}: a LoRA adapter's config names its target modules, r and lora_alpha")
+    odd = {k: cfg[k] for k, ok in UNSUPPORTED.items() if k in cfg and cfg[k] not in ok}
+    if odd:
+        raise ValueError(f"{file}: this adapter uses PEFT options alignbook's LoRA does not implement: {odd}")
+    return cfg
+
 # %% ../nbs/05_lora.ipynb #da814faf
 def load_lora(model, path: str | Path) -> nn.Module:
     """Inject and load a PEFT-format LoRA adapter (ours or PEFT's) into `model`; on any error the model is left as it
     was."""
-    path = Path(path)
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"not a LoRA adapter: peft_type={cfg.get('peft_type')}")
-    odd = {k: cfg[k] for k, ok in UNSUPPORTED.items() if k in cfg and cfg[k] not in ok}
-    if odd:
-        raise ValueError(f"this adapter uses PEFT options alignbook's LoRA does not implement: {odd}")
-    state = {k.replace("base_model.model.", "", 1): v for k, v in load_file(path / "adapter_model.safetensors").items()}
+    cfg, weights = read_adapter_config(path), Path(path) / "adapter_model.safetensors"
+    try:
+        state = {k.replace("base_model.model.", "", 1): v for k, v in load_file(weights).items()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{weights} is missing: the adapter folder is incomplete; save the adapter again")
+    except Exception as e:  # safetensors' own error for a truncated or garbled file
+        raise ValueError(f"{weights} cannot be read ({e}): the file is damaged or incomplete; save it again") from None
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
     before = {k: v.clone() for k, v in model.state_dict().items() if k in state}  # modules_to_save it may overwrite
     inject_lora(
@@ -260,13 +282,20 @@ def load_lora(model, path: str | Path) -> nn.Module:
         cfg.get("alpha_pattern"),
     )
     try:
-        result = model.load_state_dict(state, strict=False)  # raises on a shape mismatch (e.g. another rank)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a shape mismatch: another rank, or another base model
+            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:200])
+            raise ValueError(
+                f"{weights} does not fit this model ({first}): the adapter was trained on another base model "
+                f"(its adapter_config.json names {cfg.get('base_model_name_or_path')!r}); load that base"
+            ) from None
         if result.unexpected_keys:
             raise ValueError(f"adapter weights that fit no module: {result.unexpected_keys[:3]}")
         not_loaded = [k for k in model.state_dict() if "lora_" in k and k not in state]
         if not_loaded:
             raise ValueError(f"adapter file lacks weights for {not_loaded[:3]}")
-    except (RuntimeError, ValueError):
+    except ValueError:
         remove_lora(model)
         model.load_state_dict(before, strict=False)
         for n, p in model.named_parameters():

