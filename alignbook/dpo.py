@@ -257,9 +257,16 @@ def reference_logps(policy, batch: dict, ref=None) -> tuple[torch.Tensor, torch.
 
 # %% ../nbs/08_dpo.ipynb #dee486f5
 def reference_key(row: dict, max_length: int | None, truncation: str) -> dict:
-    "What a row's reference log-probs depend on: a hash of its token ids (in order), `max_length` and `truncation`."
-    ids = json.dumps([row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]])
-    return dict(ids=hashlib.sha256(ids.encode()).hexdigest()[:16], max_length=max_length, truncation=truncation)
+    """What a row's reference log-probs depend on: a hash of its token ids (in order), and one of the sequences and
+    completion masks that `max_length` and `truncation` leave (a limit that cuts nothing leaves the same)."""
+    ids = [row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]]
+    cut = [
+        _cut(row["prompt_ids"] + row[side], max_length, truncation)
+        + _cut([-1] * len(row["prompt_ids"]) + [1] * len(row[side]), max_length, truncation)
+        for side in ("chosen_ids", "rejected_ids")
+    ]
+    digest = lambda x: hashlib.sha256(json.dumps(x).encode()).hexdigest()[:16]  # noqa: E731
+    return dict(ids=digest(ids), cut=digest(cut), max_length=max_length, truncation=truncation)
 
 # %% ../nbs/08_dpo.ipynb #7ebb1631
 def precompute_reference(
@@ -386,9 +393,8 @@ def check_precomputed(rows, ref, max_length: int | None, truncation: str) -> boo
         if "ref_logps_for" not in r:
             unchecked += 1
             continue
-        now = reference_key(r, max_length, truncation)
-        if r["ref_logps_for"] != now:
-            then = r["ref_logps_for"]
+        now, then = reference_key(r, max_length, truncation), r["ref_logps_for"]
+        if (then.get("ids"), then.get("cut")) != (now["ids"], now["cut"]):
             what = (
                 "its token ids (another row, or chosen and rejected swapped)"
                 if then["ids"] != now["ids"]

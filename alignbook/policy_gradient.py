@@ -44,7 +44,11 @@ def check_rewards(rewards, n: int) -> torch.Tensor:
         rewards = list(rewards) if isinstance(rewards, (list, tuple)) or hasattr(rewards, "tolist") else rewards
         if not isinstance(rewards, list):
             raise TypeError(f"reward function must return a list of {n} numbers, got a {type(rewards).__name__}")
-        bad = [(i, r) for i, r in enumerate(rewards) if isinstance(r, bool) or not isinstance(r, numbers.Real)]
+        bad = [
+            (i, r)
+            for i, r in enumerate(rewards)
+            if isinstance(r, bool) or not isinstance(r, (numbers.Real, list, tuple))  # nested: the shape check says
+        ]
         if bad:
             i, r = bad[0]
             raise TypeError(

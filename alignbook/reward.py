@@ -153,7 +153,7 @@ def check_preference_row(row) -> dict:
     for k, v in parts.items():
         if not isinstance(v, (str, list)):
             raise TypeError(f"field {k!r} is a {type(v).__name__} ({v!r:.40}), expected text or messages")
-    kinds = {k: "text" if isinstance(v, str) else "messages" for k, v in parts.items()}
+    kinds = {k: "text" if isinstance(v, str) else "messages" for k, v in parts.items() if v != []}  # [] fits both
     if len(set(kinds.values())) > 1:
         raise ValueError(
             "it mixes text and messages ("

@@ -151,7 +151,7 @@ def check_rows(data, trainer: str, what: str = "rows"):
     if data is None or not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise TypeError(f"{trainer}: {what} must be a list (or a datasets.Dataset), got {type(data).__name__}")
     if len(data) == 0:
-        raise ValueError(f"{trainer}: no {what}: the data is empty (or every row was filtered out)")
+        raise ValueError(f"{trainer}: no training {what}: the data is empty (or every row was filtered out)")
     return data
 
 # %% ../nbs/00c_training.ipynb #09c24d4f

@@ -61,8 +61,10 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ModelNotAvailable, match="Offline, call without a name"):
+    with pytest.raises(ModelNotAvailable, match="no folder '/no/such/checkpoint'.*or a hub id such as"):
         load_model("/no/such/checkpoint")
+    with pytest.raises(ModelNotAvailable, match="Offline, call without a name"):
+        load_model("no-such-org/no-such-model", local_files_only=True)
     with pytest.raises(ValueError, match="kind must be one of"):
         load_model(TINY, kind="classifier")
 

@@ -335,10 +335,11 @@ def test_reference_logps_that_no_longer_apply_are_refused(dpo_setup):
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     with pytest.raises(ValueError, match="computed for max_length=None.*training uses max_length=6"):
         train_dpo(policy, pre, DPOSettings(steps=1, batch_size=2, max_length=6), tok)
+    cut = precompute_reference(policy, rows, tok.pad_token_id, batch_size=2, max_length=6)
     with pytest.raises(
-        ValueError, match="truncation='keep_start', and training uses max_length=None, truncation='keep_end'"
+        ValueError, match="truncation='keep_start', and training uses max_length=6, truncation='keep_end'"
     ):
-        train_dpo(policy, pre, DPOSettings(steps=1, batch_size=2, max_length=None, truncation="keep_end"), tok)
+        train_dpo(policy, cut, DPOSettings(steps=1, batch_size=2, max_length=6, truncation="keep_end"), tok)
     swapped = [dict(r, chosen_ids=r["rejected_ids"], rejected_ids=r["chosen_ids"]) for r in pre]
     with pytest.raises(ValueError, match="computed for its token ids"):
         train_dpo(policy, swapped, DPOSettings(steps=1, batch_size=2, max_length=None), tok)
@@ -352,7 +353,9 @@ def test_reference_logps_that_no_longer_apply_are_refused(dpo_setup):
     with pytest.raises(ValueError, match="ref= was given too"):
         train_dpo(policy, pre, DPOSettings(steps=1, batch_size=2, max_length=None), tok, ref=ref)
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
-    history = train_dpo(policy, pre, DPOSettings(steps=1, batch_size=2, max_length=None), tok)  # they still apply
+    history = train_dpo(
+        policy, pre, DPOSettings(steps=1, batch_size=2, max_length=1024), tok
+    )  # nothing cut: they apply
     assert history[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
 
 
