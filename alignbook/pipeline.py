@@ -12,7 +12,8 @@ __all__ = ['PPO_MINIBATCHES', 'PRESETS', 'TRAINER_SETTINGS', 'PIPELINE_FAMILIES'
            'stage_reward', 'load_scorer', 'stage_ppo', 'stage_dpo', 'answer_prompts', 'policy_table', 'stage_report',
            'stage_fingerprint', 'model_identity', 'stage_inputs', 'PipelineError', 'check_out_folder',
            'claim_run_folder', 'stage_files', 'outputs_digest', 'stage_damage', 'resume_verdict', 'run_pipeline',
-           'policy_markdown', 'write_report', 'StreamTo', 'adapter_base', 'chat', 'parser', 'main']
+           'policy_markdown', 'write_report', 'StreamTo', 'adapter_base', 'chat_flag_problems', 'chat', 'parser',
+           'main']
 
 # %% ../nbs/09_pipeline.ipynb #41022857
 import argparse
@@ -132,7 +133,7 @@ class PipelineSettings:
         if bad:
             raise ValueError("PipelineSettings: " + "; ".join(bad))
 
-
+# %% ../nbs/09_pipeline.ipynb #f52b1439
 def hh_subsets(cfg) -> list[str]:
     "The hh-rlhf subsets that `cfg.subsets` names."
     return [s.strip() for s in cfg.subsets.split(",") if s.strip()]
@@ -302,7 +303,7 @@ def _fits(rows, tokenizer, max_tokens: int) -> list[dict]:
 # %% ../nbs/09_pipeline.ipynb #aa13b5cd
 def pipeline_data(cfg: PipelineSettings, tokenizer, reward_tokenizer) -> dict:
     "Training pairs (the reward model's, SFT's and DPO's; then the judge's), held-out pairs and prompts, from hh-rlhf."
-    subsets = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
+    subsets = hh_subsets(cfg)
     hh = split_by_key(load_hh_rlhf(subsets), test_size=cfg.test_size)
     train, test = (_fits(hh[s], reward_tokenizer, cfg.max_pair_tokens) for s in ("train", "test"))
     need = cfg.pairs + cfg.judge_pairs
@@ -1056,6 +1057,24 @@ def adapter_base(adapter) -> str | None:
     base = read_adapter_config(adapter).get("base_model_name_or_path")  # chapter 5: a missing or damaged file named
     return None if base in (None, DEFAULT_MODEL) else base
 
+# %% ../nbs/09_pipeline.ipynb #b4095765
+def chat_flag_problems(
+    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int, greedy: bool
+) -> list[str]:
+    """What is wrong with `alignbook chat`'s sampling flags, in the command line's names (with --greedy, the sampling
+    ones do not matter)."""
+    flags = [  # the command line's names: GenerationSettings would say `do_sample=False`, which is not a flag
+        (
+            greedy or temperature > 0,
+            f"--temperature must be > 0 when sampling, got {temperature} (for greedy decoding, pass --greedy)",
+        ),
+        (greedy or 0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
+        (greedy or top_k >= 0, f"--top-k must be >= 0 (0 turns it off), got {top_k}"),
+        (repetition_penalty > 0, f"--repetition-penalty must be > 0, got {repetition_penalty}"),
+        (max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {max_new_tokens}"),
+    ]
+    return [msg for ok, msg in flags if not ok]
+
 # %% ../nbs/09_pipeline.ipynb #c0c23dd2
 def chat(
     adapter=None,
@@ -1073,17 +1092,7 @@ def chat(
 ) -> list[dict]:
     "Talk to a policy (an adapter on its base model) turn by turn; replies stream as sampled. Returns the conversation."
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    flags = [  # the command line's names: GenerationSettings would say `do_sample=False`, which is not a flag
-        (
-            greedy or temperature > 0,
-            f"--temperature must be > 0 when sampling, got {temperature} (for greedy decoding, pass --greedy)",
-        ),
-        (greedy or 0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
-        (greedy or top_k >= 0, f"--top-k must be >= 0 (0 turns it off), got {top_k}"),
-        (repetition_penalty > 0, f"--repetition-penalty must be > 0, got {repetition_penalty}"),
-        (max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {max_new_tokens}"),
-    ]
-    if bad := [msg for ok, msg in flags if not ok]:
+    if bad := chat_flag_problems(temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy):
         raise ValueError("; ".join(bad))
     base = model if model is not None else adapter_base(adapter)
     tok, policy = load_tokenizer(base, padding_side="left"), load_model(base)

@@ -7,8 +7,9 @@ Docs: https://alignbook.github.io/alignbook/ppo.html.md"""
 # %% auto #0
 __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_after_eos', 'temperature_logprobs', 'gae',
            'gae_loop', 'masked_mean', 'masked_whiten', 'ppo_policy_loss', 'ppo_value_loss', 'explained_variance',
-           'adaptive_kl_coef', 'ValueHead', 'PolicyAndValue', 'response_hidden', 'response_logprobs',
-           'policy_and_values', 'score_responses', 'PPOSettings', 'check_prompts', 'agreed_rewards', 'train_ppo']
+           'adaptive_kl_coef', 'kl_horizon_problem', 'ValueHead', 'PolicyAndValue', 'response_hidden',
+           'response_logprobs', 'policy_and_values', 'score_responses', 'PPOSettings', 'check_prompts',
+           'check_ppo_inputs', 'agreed_rewards', 'train_ppo']
 
 # %% ../nbs/07_ppo.ipynb #f878acd0
 import inspect
@@ -186,6 +187,21 @@ def adaptive_kl_coef(kl_coef: float, kl: float, target: float, n: int, horizon: 
     error = min(max(kl / target - 1, -0.2), 0.2)
     return kl_coef * (1 + error * n / horizon)
 
+# %% ../nbs/07_ppo.ipynb #82221416
+def kl_horizon_problem(cfg, processes: int = 1) -> str | None:
+    """Why `cfg.kl_horizon` is too short for the samples of an iteration on `processes` processes (None: it is not):
+    the controller moves β by up to ±0.2·samples/kl_horizon per iteration, so a shorter horizon can drive β below 0
+    (a KL bonus)."""
+    samples = cfg.prompts_per_step * cfg.samples_per_prompt * processes
+    if cfg.kl_horizon >= 1 and 0.2 * samples < cfg.kl_horizon:
+        return None
+    return (
+        f"kl_horizon must exceed 0.2 × the {samples} samples of an iteration"
+        + (f" on {processes} processes" if processes > 1 else "")
+        + f", got {cfg.kl_horizon}: the controller moves β by up to ±0.2·samples/kl_horizon per iteration, so a "
+        "shorter horizon can drive β below 0 (a KL bonus). TRL's default is 10,000"
+    )
+
 # %% ../nbs/07_ppo.ipynb #8e1d959f
 class ValueHead(nn.Module):
     "The cheap critic: V(s_t) = w·h_t + b on the policy's last hidden state (after its final norm), starting at 0."
@@ -346,12 +362,7 @@ class PPOSettings(TrainConfig):
                     f"{self.vf_coef}",
                 ),
                 (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-                (
-                    self.kl_horizon >= 1 and 0.2 * self.prompts_per_step * self.samples_per_prompt < self.kl_horizon,
-                    f"kl_horizon must exceed 0.2 × the {self.prompts_per_step * self.samples_per_prompt} samples of an "
-                    f"iteration, got {self.kl_horizon}: the controller moves β by up to ±0.2·samples/kl_horizon per "
-                    "iteration, so a shorter horizon can drive β below 0 (a KL bonus). TRL's default is 10,000",
-                ),
+                (kl_horizon_problem(self) is None, kl_horizon_problem(self)),
                 (self.kl_estimator in ("k1", "k3"), f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}"),
                 (
                     self.kl_target is None or (self.kl_target > 0 and self.kl_coef > 0),
@@ -378,6 +389,23 @@ def check_prompts(prompts: list[str], tokenizer, max_length: int | None) -> list
             f"train_ppo: dropped {len(prompts) - len(kept)} of {len(prompts)} prompts longer than {max_length} tokens"
         )
     return kept
+
+# %% ../nbs/07_ppo.ipynb #d075f2fb
+def check_ppo_inputs(policy, prompts, cfg: PPOSettings, tokenizer, reward_fn, reward_model, ref) -> list[str]:
+    """The prompts `train_ppo` trains on, after refusing what it would misread: no tokenizer, not exactly one scorer,
+    a reference that is the policy, nothing trainable, a pad token that is EOS, prompts that are not non-empty texts."""
+    if tokenizer is None or (reward_fn is None) == (reward_model is None):
+        raise ValueError("train_ppo needs the tokenizer and exactly one of reward_fn (texts, finished) or reward_model")
+    if reward_model is not None:
+        check_reward_model(reward_model)
+    check_reference(policy, ref)
+    if not any(p.requires_grad for p in policy.parameters()):
+        raise ValueError(
+            "train_ppo: the policy has no trainable parameters, so only the critic would learn: unfreeze some "
+            "(lora.inject_lora, sft.freeze_all_but)"
+        )
+    check_pad_token(tokenizer, "train_ppo", distinct_from_eos=True)  # the EOS ends a reply and is scored
+    return check_prompts(check_prompt_texts(prompts, "train_ppo"), tokenizer, cfg.max_prompt_length)
 
 # %% ../nbs/07_ppo.ipynb #493740ad
 def agreed_rewards(accelerator, scores, n: int) -> torch.Tensor:
@@ -423,31 +451,16 @@ def train_ppo(
     `reward_fn(texts, finished)` scores decoded responses (it also gets `prompts=` if it has that parameter);
     `reward_model` scores the token ids (it must share the policy's tokenizer)."""
     cfg = cfg or PPOSettings()
-    if tokenizer is None or (reward_fn is None) == (reward_model is None):
-        raise ValueError("train_ppo needs the tokenizer and exactly one of reward_fn (texts, finished) or reward_model")
-    if reward_model is not None:
-        check_reward_model(reward_model)
-    check_reference(policy, ref)
-    if not any(p.requires_grad for p in policy.parameters()):
-        raise ValueError(
-            "train_ppo: the policy has no trainable parameters, so only the critic would learn: unfreeze some "
-            "(lora.inject_lora, sft.freeze_all_but)"
-        )
-    check_pad_token(tokenizer, "train_ppo", distinct_from_eos=True)  # the EOS ends a reply and is scored
+    prompts = check_ppo_inputs(policy, prompts, cfg, tokenizer, reward_fn, reward_model, ref)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    prompts = check_prompts(check_prompt_texts(prompts, "train_ppo"), tokenizer, cfg.max_prompt_length)
     wants_prompts = reward_fn is not None and "prompts" in inspect.signature(reward_fn).parameters
     pv = PolicyAndValue(policy, _critic(policy, value_model, reward_model))
     params = trainable_parameters(pv)
     first_layer = first_trainable_layer(policy, ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(pv)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    if cfg.kl_target is not None and 0.2 * cfg.prompts_per_step * cfg.samples_per_prompt * world >= cfg.kl_horizon:
-        raise ValueError(
-            f"kl_horizon={cfg.kl_horizon} is too short for {world} processes × "
-            f"{cfg.prompts_per_step * cfg.samples_per_prompt} samples per iteration: β could fall below 0. Raise "
-            "kl_horizon above 0.2 × the samples of an iteration"
-        )
+    if cfg.kl_target is not None and (problem := kl_horizon_problem(cfg, world)):
+        raise ValueError(problem)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(cfg, t))  # stepped once per iteration
     pick, shuffle = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed)
