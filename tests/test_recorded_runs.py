@@ -1,0 +1,138 @@
+"""Each trainer's short run — the tiny model and SmolLM2, a few steps, fixed seeds — against its history and trained
+weights as recorded (`tests/recorded/trainer_runs.json`) before the trainers were restructured into named stages.
+
+On the machine and build that recorded them (the same torch, CPU capability and thread count) the comparison is
+bitwise: every logged number and a sha256 of every trained weight. Elsewhere floating-point sums may round differently
+(another SIMD width, another thread count), so the numbers are compared to 1e-5 relative and the weights by their sums.
+Record again only when a change is meant to change the arithmetic: `python tests/test_recorded_runs.py --record`."""
+
+import copy
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignbook.dpo import DPOSettings, train_dpo
+from alignbook.lora import inject_lora
+from alignbook.models import TINY, load_model, load_tokenizer
+from alignbook.policy_gradient import ReinforceSettings, train_reinforce
+from alignbook.ppo import PPOSettings, train_ppo
+from alignbook.reward import RewardSettings, train_reward
+from alignbook.sft import SFTSettings, json_format_rows, train_sft
+
+RECORD = Path(__file__).parent / "recorded" / "trainer_runs.json"
+TIMINGS = {"tokens_per_second", "generation_seconds"}  # wall-clock: not part of the arithmetic
+PROMPTS = ["Name a color:", "Hello", "What is 2 plus 2?", "Say something kind."]
+PAIRS = [
+    dict(prompt=f"Question {i}: what is {i} plus {i}?", chosen=f" It is {2 * i}.", rejected=f" Maybe {i + 1}, or so.")
+    for i in range(8)
+]
+
+
+def platform() -> dict:
+    return dict(torch=torch.__version__, cpu=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
+
+
+def length_reward(texts, finished):
+    return [len(t) / 10 for t in texts]
+
+
+def with_lora(model, layers=(0, 1), r=4):
+    torch.manual_seed(0)  # LoRA's A draws from the global RNG
+    return inject_lora(
+        model, [f"layers.{i}.self_attn.{p}" for i in layers for p in ("q_proj", "v_proj")], r=r, alpha=2 * r
+    )
+
+
+def weights(model) -> dict:
+    "sha256 of the trained weights' bytes (name order), and their float64 sum for the cross-platform comparison."
+    named = sorted((n, p.detach().float().contiguous()) for n, p in model.named_parameters() if p.requires_grad)
+    h = hashlib.sha256()
+    for n, p in named:
+        h.update(n.encode() + p.numpy().tobytes())
+    return dict(sha256=h.hexdigest(), sum=sum(float(p.double().sum()) for _, p in named))
+
+
+def run(name: str) -> dict:
+    "One recorded run: the history (timings dropped) and the trained weights."
+    torch.manual_seed(0)  # PPO's value head draws from the global RNG
+    real = name.endswith("_real")
+    tok = load_tokenizer(None if real else TINY)
+    tok.pad_token = "<|endoftext|>"  # distinct from EOS (SmolLM2's pads with EOS)
+    base = load_model(None if real else TINY, device="cpu")
+    kind = name.removesuffix("_real").removesuffix("_tiny")
+    layers = (28, 29) if real else (0, 1)
+    if kind == "sft":
+        model = with_lora(base, layers) if real else base
+        history = train_sft(model, json_format_rows(8, 0), SFTSettings(steps=2, batch_size=2, lr=1e-3), tok)
+    elif kind == "reward":
+        model = load_model(None if real else TINY, kind="reward", device="cpu", seed=1, pad_token_id=tok.pad_token_id)
+        model = with_lora(model, layers) if real else model
+        history = train_reward(model, PAIRS, RewardSettings(steps=2, batch_size=2, lr=1e-3), tok)
+    elif kind == "reinforce":
+        ref, model = copy.deepcopy(base).requires_grad_(False), with_lora(base, layers)
+        cfg = ReinforceSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3)
+        history = train_reinforce(model, PROMPTS, cfg, tok, length_reward, ref)
+    elif kind in ("ppo", "ppo_rm"):
+        ref, model = copy.deepcopy(base).requires_grad_(False), with_lora(base, layers)
+        cfg = PPOSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, ppo_epochs=2)
+        if kind == "ppo":
+            history = train_ppo(model, PROMPTS, cfg, tok, length_reward, ref)
+        else:
+            rm = load_model(TINY, kind="reward", device="cpu", seed=1, pad_token_id=tok.pad_token_id).requires_grad_(
+                False
+            )
+            vm = load_model(TINY, kind="reward", device="cpu", seed=2, pad_token_id=tok.pad_token_id)
+            cfg = PPOSettings(**{**cfg.__dict__, "kl_target": 0.5, "kl_horizon": 100, "whiten_rewards": True})
+            history = train_ppo(model, PROMPTS, cfg, tok, ref=ref, reward_model=rm, value_model=vm)
+    elif kind in ("dpo", "dpo_pre"):
+        model = with_lora(base, layers)
+        cfg = DPOSettings(steps=2, batch_size=2, lr=1e-3, precompute_ref=kind == "dpo_pre")
+        history = train_dpo(model, PAIRS, cfg, tok)
+    else:
+        raise KeyError(name)
+    return dict(history=[{k: v for k, v in row.items() if k not in TIMINGS} for row in history], weights=weights(model))
+
+
+RUNS = ["sft_tiny", "reward_tiny", "reinforce_tiny", "ppo_tiny", "ppo_rm_tiny", "dpo_tiny", "dpo_pre_tiny"]
+RUNS += ["sft_real", "reward_real", "reinforce_real", "ppo_real", "dpo_real"]
+
+
+def recorded() -> dict:
+    return json.loads(RECORD.read_text())
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_run_equals_the_recording(name):
+    want, got = recorded(), run(name)
+    same_platform = want["platform"] == platform()
+    want = want["runs"][name]
+    assert [r.keys() for r in got["history"]] == [r.keys() for r in want["history"]], "the logged metric names changed"
+    if same_platform:
+        assert got["history"] == want["history"]  # bitwise: floats compare exactly
+        assert got["weights"]["sha256"] == want["weights"]["sha256"]
+    else:
+        torch.testing.assert_close(got["history"], want["history"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["weights"]["sum"], want["weights"]["sum"], rtol=1e-5, atol=1e-7)
+
+
+def test_the_comparison_can_fail():
+    "One detail off — one more step's worth of a different learning rate — and the recording no longer matches."
+    want = recorded()["runs"]["sft_tiny"]
+    tok = load_tokenizer(TINY)
+    tok.pad_token = "<|endoftext|>"
+    torch.manual_seed(0)
+    model = load_model(TINY, device="cpu")
+    history = train_sft(model, json_format_rows(8, 0), SFTSettings(steps=2, batch_size=2, lr=1.001e-3), tok)
+    assert history[0]["loss"] == want["history"][0]["loss"]  # the first loss is before any update
+    assert history[1]["loss"] != want["history"][1]["loss"]
+    assert weights(model)["sha256"] != want["weights"]["sha256"]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+    RECORD.parent.mkdir(exist_ok=True)
+    RECORD.write_text(json.dumps(dict(platform=platform(), runs={n: run(n) for n in RUNS}), indent=1) + "\n")
+    print("recorded", len(RUNS), "runs on", platform())
