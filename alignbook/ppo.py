@@ -8,8 +8,9 @@ Docs: https://alignbook.github.io/alignbook/ppo.html.md"""
 __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_after_eos', 'temperature_logprobs', 'gae',
            'gae_loop', 'masked_mean', 'masked_whiten', 'ppo_policy_loss', 'ppo_value_loss', 'explained_variance',
            'adaptive_kl_coef', 'kl_horizon_problem', 'ValueHead', 'PolicyAndValue', 'response_hidden',
-           'response_logprobs', 'policy_and_values', 'score_responses', 'PPOSettings', 'check_prompts',
-           'check_ppo_inputs', 'agreed_rewards', 'train_ppo']
+           'response_logprobs', 'policy_and_values', 'score_responses', 'PPOSettings', 'ppo_problems', 'check_prompts',
+           'check_ppo_inputs', 'agreed_rewards', 'ppo_rollout', 'ppo_scores', 'rollout_forward', 'ppo_advantages',
+           'ppo_minibatch_loss', 'ppo_update', 'ppo_statistics', 'ppo_log_row', 'train_ppo']
 
 # %% ../nbs/07_ppo.ipynb #f878acd0
 import inspect
@@ -28,6 +29,7 @@ from .reward import check_reward_model, reward_scores, top_hidden, trunk_states
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
+    add_metrics,
     autocast,
     check_finite,
     check_pad_token,
@@ -35,6 +37,7 @@ from alignbook.training import (
     log_row,
     lr_factor,
     prepare,
+    reduce_metrics,
     sampling_generator,
     trainable_parameters,
     training_mode,
@@ -330,48 +333,50 @@ class PPOSettings(TrainConfig):
     shared_trunk: bool = True  # run the frozen layers below the adapters once for policy and reference (checked)
 
     def problems(self) -> list[str]:
-        return super().problems() + [
-            msg
-            for ok, msg in [
-                (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
-                (self.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}"),
-                (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-                (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-                (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),
-                (
-                    self.num_minibatches >= 1
-                    and (self.prompts_per_step * self.samples_per_prompt)
-                    % (self.num_minibatches * self.grad_accum_steps)
-                    == 0,
-                    f"a rollout batch of {self.prompts_per_step * self.samples_per_prompt} must split into "
-                    "num_minibatches × "
-                    f"grad_accum_steps = {self.num_minibatches * self.grad_accum_steps} equal parts",
-                ),
-                (self.clip > 0, f"clip must be > 0, got {self.clip}"),
-                (
-                    self.clip_value is None or self.clip_value > 0,
-                    f"clip_value must be > 0 or None, got {self.clip_value}",
-                ),
-                (
-                    0 < self.gamma <= 1 and 0 <= self.lam <= 1,
-                    f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {self.gamma}, {self.lam}",
-                ),
-                (
-                    self.vf_coef >= 0,
-                    f"vf_coef must be >= 0 (a negative weight trains the critic away from the returns), got "
-                    f"{self.vf_coef}",
-                ),
-                (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-                (kl_horizon_problem(self) is None, kl_horizon_problem(self)),
-                (self.kl_estimator in ("k1", "k3"), f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}"),
-                (
-                    self.kl_target is None or (self.kl_target > 0 and self.kl_coef > 0),
-                    f"kl_target must be > 0 and needs kl_coef > 0, got {self.kl_target}, {self.kl_coef}",
-                ),
-                (self.seed is not None, "PPO needs an integer seed"),
-            ]
-            if not ok
+        return super().problems() + ppo_problems(self)
+
+# %% ../nbs/07_ppo.ipynb #7a0e0b01
+def ppo_problems(cfg) -> list[str]:
+    "What `PPOSettings` refuses beyond `TrainConfig`'s checks: one message per bad field (or pair of fields)."
+    return [
+        msg
+        for ok, msg in [
+            (cfg.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {cfg.prompts_per_step}"),
+            (cfg.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {cfg.samples_per_prompt}"),
+            (cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}"),
+            (cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"),
+            (cfg.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {cfg.ppo_epochs}"),
+            (
+                cfg.num_minibatches >= 1
+                and (cfg.prompts_per_step * cfg.samples_per_prompt) % (cfg.num_minibatches * cfg.grad_accum_steps) == 0,
+                f"a rollout batch of {cfg.prompts_per_step * cfg.samples_per_prompt} must split into "
+                "num_minibatches × "
+                f"grad_accum_steps = {cfg.num_minibatches * cfg.grad_accum_steps} equal parts",
+            ),
+            (cfg.clip > 0, f"clip must be > 0, got {cfg.clip}"),
+            (
+                cfg.clip_value is None or cfg.clip_value > 0,
+                f"clip_value must be > 0 or None, got {cfg.clip_value}",
+            ),
+            (
+                0 < cfg.gamma <= 1 and 0 <= cfg.lam <= 1,
+                f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {cfg.gamma}, {cfg.lam}",
+            ),
+            (
+                cfg.vf_coef >= 0,
+                f"vf_coef must be >= 0 (a negative weight trains the critic away from the returns), got {cfg.vf_coef}",
+            ),
+            (cfg.kl_coef >= 0, f"kl_coef must be >= 0, got {cfg.kl_coef}"),
+            (kl_horizon_problem(cfg) is None, kl_horizon_problem(cfg)),
+            (cfg.kl_estimator in ("k1", "k3"), f"kl_estimator must be 'k1' or 'k3', got {cfg.kl_estimator!r}"),
+            (
+                cfg.kl_target is None or (cfg.kl_target > 0 and cfg.kl_coef > 0),
+                f"kl_target must be > 0 and needs kl_coef > 0, got {cfg.kl_target}, {cfg.kl_coef}",
+            ),
+            (cfg.seed is not None, "PPO needs an integer seed"),
         ]
+        if not ok
+    ]
 
 # %% ../nbs/07_ppo.ipynb #a6f55643
 def check_prompts(prompts: list[str], tokenizer, max_length: int | None) -> list[str]:
@@ -434,6 +439,198 @@ def _critic(policy, value_model, reward_model):
         )
     return value_model
 
+# %% ../nbs/07_ppo.ipynb #d26853b3
+def ppo_rollout(policy, tokenizer, prompts: list[str], cfg: PPOSettings, device, generator, sample_fn=generate) -> dict:
+    """Stage 1, rollouts: `cfg.samples_per_prompt` responses to each prompt at `cfg.temperature`, cut after the first
+    EOS. `input_ids`, `attention_mask` (n·k, prompt + response); `responses`, `mask` (n·k, response); `ended` (n·k,);
+    `prompt_width`; `prompts`, the prompt of each response."""
+    k = cfg.samples_per_prompt
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)  # left-padded: generation continues right
+    with torch.no_grad(), autocast(cfg, device):
+        seqs = sample_fn(
+            policy,
+            enc["input_ids"],
+            enc["attention_mask"],
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=0,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=k,
+            generator=generator,
+        )
+    P = enc["input_ids"].shape[1]
+    responses, mask, ended = truncate_after_eos(seqs[:, P:], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return dict(
+        input_ids=torch.cat([enc["input_ids"].repeat_interleave(k, 0), responses], 1),
+        attention_mask=torch.cat([enc["attention_mask"].repeat_interleave(k, 0), mask], 1),
+        responses=responses,
+        mask=mask,
+        ended=ended,
+        prompt_width=P,
+        prompts=[p for p in prompts for _ in range(k)],
+    )
+
+# %% ../nbs/07_ppo.ipynb #f076b314
+def ppo_scores(roll: dict, cfg: PPOSettings, accelerator, tokenizer, reward_fn=None, reward_model=None) -> torch.Tensor:
+    """Stage 2, scores r(x, y) (n·k,): the reward model at each response's last token, or `reward_fn` on the texts
+    (refused on every process if any got bad ones), minus `cfg.missing_eos_penalty` for a response cut off."""
+    if reward_model is not None:
+        with autocast(cfg, accelerator.device):
+            scores = score_responses(reward_model, roll["input_ids"], roll["attention_mask"])
+    else:
+        texts, finished = tokenizer.batch_decode(roll["responses"], skip_special_tokens=True), roll["ended"].tolist()
+        wants_prompts = "prompts" in inspect.signature(reward_fn).parameters
+        scores = reward_fn(texts, finished, prompts=roll["prompts"]) if wants_prompts else reward_fn(texts, finished)
+    scores = agreed_rewards(accelerator, scores, len(roll["responses"]))
+    if cfg.missing_eos_penalty is not None:
+        scores = scores - cfg.missing_eos_penalty * (~roll["ended"]).float()
+    return scores
+
+# %% ../nbs/07_ppo.ipynb #236a0f6e
+@torch.no_grad()
+def rollout_forward(pv: PolicyAndValue, ref, roll: dict, cfg: PPOSettings, first_layer: int | None) -> dict:
+    """Stage 3a, before any update: the frozen trunk's states (once, reused by every update), the old and the
+    reference log-probs and the old values of every response token (n·k, response), without gradient."""
+    device, everyone = roll["input_ids"].device, torch.arange(len(roll["responses"]), device=roll["input_ids"].device)
+    ids, attn, P, mask = roll["input_ids"], roll["attention_mask"], roll["prompt_width"], roll["mask"]
+    with autocast(cfg, device):  # the forward passes only: GAE's sums stay float32
+        trunk = trunk_states(pv.policy, ids, attn, first_layer) if first_layer else None
+        old_logp, _, old_values = policy_and_values(pv, roll, everyone, cfg.temperature, trunk, first_layer)
+        h_ref = response_hidden(ref, ids, attn, P, mask.shape[1], trunk, first_layer)
+        ref_logp, _ = response_logprobs(ref, h_ref, roll["responses"], mask, cfg.temperature)
+    return dict(
+        trunk=trunk, first_layer=first_layer, old_logp=old_logp, ref_logp=ref_logp, old_values=old_values.float()
+    )
+
+# %% ../nbs/07_ppo.ipynb #743c622c
+@torch.no_grad()
+def ppo_advantages(
+    scores: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    old_values: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    cfg: PPOSettings,
+) -> dict:
+    """Stage 3b: the per-token KL and rewards r_t = -β·KL_t (+ r(x, y) at the last token), then GAE: `kl`,
+    `value_mask` (the valued states), `old_values` (zero elsewhere), `advantages`, `returns`, each (n·k, response)."""
+    kl = kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * mask
+    rewards, value_mask = per_token_rewards(scores, kl, mask, beta, cfg.score_after_eos)
+    old_values = old_values * value_mask
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, value_mask, shift_mean=False)
+    advantages, returns = gae(rewards, old_values, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages * mask
+    return dict(kl=kl, value_mask=value_mask, old_values=old_values, advantages=advantages, returns=returns)
+
+# %% ../nbs/07_ppo.ipynb #4d345641
+def ppo_minibatch_loss(
+    wrapped, roll: dict, batch: dict, idx: torch.Tensor, cfg: PPOSettings
+) -> tuple[torch.Tensor, dict]:
+    """L_policy + vf_coef · L_value on rollouts `idx` (a fresh forward through the current weights), and its
+    statistics by name."""
+    mask = roll["mask"][idx]
+    with autocast(cfg, roll["input_ids"].device):
+        logp, ent, values = wrapped(policy_and_values, roll, idx, cfg.temperature, batch["trunk"], batch["first_layer"])
+    values = values.float() * batch["value_mask"][idx]
+    pg_loss, st = ppo_policy_loss(logp, batch["old_logp"][idx], batch["advantages"][idx], mask, cfg.clip)
+    vf_loss, vf_clip = ppo_value_loss(
+        values, batch["old_values"][idx], batch["returns"][idx], batch["value_mask"][idx], cfg.clip_value
+    )
+    loss = pg_loss + cfg.vf_coef * vf_loss
+    stats = {
+        "loss": loss,
+        "loss/policy_avg": pg_loss,
+        "loss/value_avg": vf_loss,
+        "policy/clipfrac_avg": st["clipfrac"],
+        "val/clipfrac_avg": vf_clip.to(loss.device),
+        "policy/approxkl_avg": st["approx_kl"],
+        "policy/entropy_avg": masked_mean(ent.detach(), mask),
+        "val/ratio": st["ratio"],
+    }
+    return loss, stats
+
+# %% ../nbs/07_ppo.ipynb #471fc2e0
+def ppo_update(wrapped, opt, params, accelerator, roll: dict, batch: dict, cfg: PPOSettings, step: int, shuffle):
+    """Stage 4: `ppo_epochs` passes over the batch, each a fresh shuffle (`shuffle`, a generator) cut into
+    `num_minibatches` optimizer steps. The statistics averaged over the updates, the clip fraction of each epoch, and
+    the last gradient norm."""
+    B, device = len(roll["responses"]), accelerator.device
+    mb_size, totals, updates = B // cfg.num_minibatches, {}, 0
+    clip_by_epoch = torch.zeros(cfg.ppo_epochs, device=device)
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=shuffle).to(device)
+        for start in range(0, B, mb_size):
+            micro = order[start : start + mb_size].chunk(cfg.grad_accum_steps)
+            for m, idx in enumerate(micro):
+                with accelerator.no_sync(wrapped) if m < len(micro) - 1 else torch.enable_grad():
+                    loss, stats = ppo_minibatch_loss(wrapped, roll, batch, idx, cfg)
+                    check_finite(accelerator.reduce(loss.detach(), "mean"), step)  # every rank stops together
+                    accelerator.backward(loss / len(micro))
+                clip_by_epoch[epoch] += stats["policy/clipfrac_avg"] / len(micro) / cfg.num_minibatches
+                add_metrics(totals, stats, len(micro))
+            norm = accelerator.clip_grad_norm_(
+                params, cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+            )
+            check_finite(norm, step, "gradient norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            updates += 1
+    return {k: v / updates for k, v in totals.items()}, clip_by_epoch, float(norm)
+
+# %% ../nbs/07_ppo.ipynb #5cf39f37
+def ppo_statistics(update: dict, clip_by_epoch: torch.Tensor, roll: dict, batch: dict, scores: torch.Tensor) -> dict:
+    "Stage 5: the iteration's statistics on this process, by name (the update's, then the rollouts'), to be reduced."
+    mask, device = roll["mask"], scores.device
+    return {
+        **update,
+        "objective/kl": batch["kl"].sum(-1).mean(),  # nats per response
+        "objective/scores": scores.mean(),
+        "reward_std": scores.std() if len(scores) > 1 else torch.zeros((), device=device),
+        "completions/mean_length": mask.sum(-1).float().mean(),
+        "completions/clipped_ratio": (~roll["ended"]).float().mean(),
+        "objective/entropy": (-batch["old_logp"] * mask).sum(-1).mean(),
+        "val/explained_variance": torch.tensor(
+            explained_variance(batch["old_values"], batch["returns"], batch["value_mask"]), device=device
+        ),
+        "policy/clipfrac_by_epoch": clip_by_epoch,
+    }
+
+
+def ppo_log_row(
+    step: int,
+    stats: dict,
+    beta: float,
+    lr: float,
+    grad_norm: float,
+    seen: int,
+    seconds: float,
+    tokens: int,
+    generation_seconds: float,
+) -> dict:
+    "The history's row of one iteration from the reduced statistics: TRL's names, and the book's `reward` and `kl`."
+    kl, score = stats["objective/kl"].item(), stats["objective/scores"].item()
+    named = [k for k in stats if k not in ("loss", "reward_std", "objective/kl", "objective/scores")]
+    return log_row(
+        step,
+        0.0,
+        stats["loss"].item(),
+        lr,
+        grad_norm,
+        seen,
+        seconds,
+        tokens,
+        reward=score,
+        reward_std=stats["reward_std"].item(),
+        kl=(stats["objective/kl"] / stats["completions/mean_length"]).item(),  # nats per token
+        kl_coef=beta,
+        generation_seconds=generation_seconds,
+        **{"objective/kl": kl, "objective/scores": score, "objective/non_score_reward": -beta * kl},
+        **{"objective/rlhf_reward": score - beta * kl},
+        **{k: stats[k].tolist() for k in named},  # a float, or a list for a vector
+    )
+
 # %% ../nbs/07_ppo.ipynb #34da18ea
 def train_ppo(
     policy,
@@ -447,13 +644,10 @@ def train_ppo(
     sample_fn=generate,
 ) -> list[dict]:
     """PPO with a KL-shaped reward, GAE and a critic (a value head on the policy, or TRL's separate `value_model`);
-    the history.
-    `reward_fn(texts, finished)` scores decoded responses (it also gets `prompts=` if it has that parameter);
-    `reward_model` scores the token ids (it must share the policy's tokenizer)."""
+    the history. `reward_fn(texts, finished)` scores decoded responses (it also gets `prompts=` if it has that
+    parameter); `reward_model` scores the token ids (it must share the policy's tokenizer)."""
     cfg = cfg or PPOSettings()
     prompts = check_ppo_inputs(policy, prompts, cfg, tokenizer, reward_fn, reward_model, ref)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    wants_prompts = reward_fn is not None and "prompts" in inspect.signature(reward_fn).parameters
     pv = PolicyAndValue(policy, _critic(policy, value_model, reward_model))
     params = trainable_parameters(pv)
     first_layer = first_trainable_layer(policy, ref) if cfg.shared_trunk else None
@@ -464,188 +658,30 @@ def train_ppo(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(cfg, t))  # stepped once per iteration
     pick, shuffle = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    n, k, beta, history, seen = cfg.prompts_per_step, cfg.samples_per_prompt, cfg.kl_coef, [], 0
-    B = n * k
-    mb_size = B // cfg.num_minibatches
+    n, beta, history, seen = cfg.prompts_per_step, cfg.kl_coef, [], 0
     with training_mode(pv, tokenizer, padding_side="left"):
         pv.eval()  # no dropout anywhere: the ratio π/π_old must be exactly 1 before the first update
         for step in tqdm(range(1, cfg.steps + 1), desc="PPO", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
-            # 1. rollouts: k responses to each of this process's prompts, cut after the first EOS
             chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n : (rank + 1) * n].tolist()
-            enc = tokenizer([prompts[i] for i in chosen], return_tensors="pt", padding=True).to(device)
-            with torch.no_grad(), autocast(cfg, device):
-                seqs = sample_fn(
-                    policy,
-                    enc["input_ids"],
-                    enc["attention_mask"],
-                    do_sample=True,
-                    temperature=cfg.temperature,
-                    top_k=0,
-                    max_new_tokens=cfg.max_new_tokens,
-                    num_return_sequences=k,
-                    generator=sampling_generator(cfg.seed, step - 1, rank, device),
-                )
+            generator = sampling_generator(cfg.seed, step - 1, rank, device)  # this process's share of the prompts
+            roll = ppo_rollout(policy, tokenizer, [prompts[i] for i in chosen], cfg, device, generator, sample_fn)
             t_gen = time.perf_counter() - t0
-            P = enc["input_ids"].shape[1]
-            responses, mask, ended = truncate_after_eos(seqs[:, P:], eos, pad)
-            prompt_ids, prompt_mask = (
-                enc["input_ids"].repeat_interleave(k, 0),
-                enc["attention_mask"].repeat_interleave(k, 0),
+            scores = ppo_scores(roll, cfg, accelerator, tokenizer, reward_fn, reward_model)
+            batch = rollout_forward(pv, ref, roll, cfg, first_layer)
+            batch |= ppo_advantages(
+                scores, batch["old_logp"], batch["ref_logp"], batch["old_values"], roll["mask"], beta, cfg
             )
-            roll = dict(
-                input_ids=torch.cat([prompt_ids, responses], 1),
-                attention_mask=torch.cat([prompt_mask, mask], 1),
-                responses=responses,
-                mask=mask,
-                prompt_width=P,
+            update, clip_by_epoch, grad_norm = ppo_update(
+                wrapped, opt, params, accelerator, roll, batch, cfg, step, shuffle
             )
-            # 2. scores: the reward model at the last response token, or the reward function on the texts
-            if reward_model is not None:
-                with autocast(cfg, device):
-                    scores = score_responses(reward_model, roll["input_ids"], roll["attention_mask"])
-            else:
-                texts, asked = (
-                    tokenizer.batch_decode(responses, skip_special_tokens=True),
-                    [prompts[i] for i in chosen for _ in range(k)],
-                )
-                scores = (
-                    reward_fn(texts, ended.tolist(), prompts=asked)
-                    if wants_prompts
-                    else reward_fn(texts, ended.tolist())
-                )
-            scores = agreed_rewards(accelerator, scores, B)
-            if cfg.missing_eos_penalty is not None:
-                scores = scores - cfg.missing_eos_penalty * (~ended).float()
-            # 3. log-probs, values and per-token rewards of the rollouts, before any update
-            everyone = torch.arange(B, device=device)
-            with torch.no_grad():
-                with autocast(cfg, device):  # the forward passes only: GAE's sums stay float32
-                    trunk = (
-                        trunk_states(policy, roll["input_ids"], roll["attention_mask"], first_layer)
-                        if first_layer
-                        else None
-                    )
-                    old_logp, _, old_values = policy_and_values(pv, roll, everyone, cfg.temperature, trunk, first_layer)
-                    h_ref = response_hidden(
-                        ref, roll["input_ids"], roll["attention_mask"], P, mask.shape[1], trunk, first_layer
-                    )
-                    ref_logp, _ = response_logprobs(ref, h_ref, responses, mask, cfg.temperature)
-                old_values = old_values.float()
-                kl = kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * mask
-                rewards, value_mask = per_token_rewards(scores, kl, mask, beta, cfg.score_after_eos)
-                old_values = old_values * value_mask
-                if cfg.whiten_rewards:
-                    rewards = masked_whiten(rewards, value_mask, shift_mean=False)
-                advantages, returns = gae(rewards, old_values, cfg.gamma, cfg.lam)
-                if cfg.whiten_advantages:
-                    advantages = masked_whiten(advantages, mask)
-                else:
-                    advantages = advantages * mask
-            # 4. ppo_epochs passes over the batch, num_minibatches optimizer steps each (a fresh shuffle every pass)
-            totals = torch.zeros(
-                8, device=device
-            )  # loss, policy loss, value loss, clip frac, value clip frac, approx KL, entropy, ratio
-            updates, clip_by_epoch = 0, torch.zeros(cfg.ppo_epochs, device=device)
-            for epoch in range(cfg.ppo_epochs):
-                order = torch.randperm(B, generator=shuffle).to(device)
-                for start in range(0, B, mb_size):
-                    minibatch = order[start : start + mb_size]
-                    micro = minibatch.chunk(cfg.grad_accum_steps)
-                    for m, idx in enumerate(micro):
-                        with accelerator.no_sync(wrapped) if m < len(micro) - 1 else torch.enable_grad():
-                            with autocast(cfg, device):
-                                logp, ent, values = wrapped(
-                                    policy_and_values, roll, idx, cfg.temperature, trunk, first_layer
-                                )
-                            values = values.float() * value_mask[idx]
-                            pg_loss, st = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip)
-                            vf_loss, vf_clip = ppo_value_loss(
-                                values, old_values[idx], returns[idx], value_mask[idx], cfg.clip_value
-                            )
-                            loss = pg_loss + cfg.vf_coef * vf_loss
-                            check_finite(accelerator.reduce(loss.detach(), "mean"), step)  # every rank stops together
-                            accelerator.backward(loss / len(micro))
-                        clip_by_epoch[epoch] += st["clipfrac"] / len(micro) / cfg.num_minibatches
-                        totals += torch.stack(
-                            [
-                                loss.detach(),
-                                pg_loss.detach(),
-                                vf_loss.detach(),
-                                st["clipfrac"],
-                                vf_clip.to(device),
-                                st["approx_kl"],
-                                masked_mean(ent.detach(), mask[idx]),
-                                st["ratio"],
-                            ]
-                        ) / len(micro)
-                    norm = accelerator.clip_grad_norm_(
-                        params, cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-                    )
-                    check_finite(norm, step, "gradient norm")
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    updates += 1
             sched.step()
-            # 5. log; adapt β to the KL target (Ziegler et al. 2019)
-            kl_seq, scores_mean = kl.sum(-1).mean(), scores.mean()
-            stats = accelerator.reduce(
-                torch.cat(
-                    [
-                        totals / updates,
-                        torch.stack(
-                            [
-                                kl_seq,
-                                scores_mean,
-                                scores.std() if B > 1 else torch.zeros((), device=device),
-                                mask.sum(-1).float().mean(),
-                                (~ended).float().mean(),
-                                (-old_logp * mask).sum(-1).mean(),
-                                torch.tensor(explained_variance(old_values, returns, value_mask), device=device),
-                            ]
-                        ),
-                        clip_by_epoch,
-                    ]
-                ),
-                "mean",
-            )
-            check_finite(stats[0], step)
+            stats = reduce_metrics(accelerator, ppo_statistics(update, clip_by_epoch, roll, batch, scores))
+            check_finite(stats["loss"], step)
             tokens = int(accelerator.reduce(roll["attention_mask"].sum(), "sum"))
             seen += tokens
-            row = log_row(
-                step,
-                0.0,
-                stats[0].item(),
-                lr,
-                float(norm),
-                seen,
-                time.perf_counter() - t0,
-                tokens,
-                reward=stats[9].item(),
-                reward_std=stats[10].item(),
-                kl=(stats[8] / stats[11]).item(),
-                kl_coef=beta,
-                generation_seconds=t_gen,
-                **{
-                    "objective/kl": stats[8].item(),
-                    "objective/scores": stats[9].item(),
-                    "objective/non_score_reward": -beta * stats[8].item(),
-                    "objective/rlhf_reward": stats[9].item() - beta * stats[8].item(),
-                    "objective/entropy": stats[13].item(),
-                    "loss/policy_avg": stats[1].item(),
-                    "loss/value_avg": stats[2].item(),
-                    "policy/clipfrac_avg": stats[3].item(),
-                    "val/clipfrac_avg": stats[4].item(),
-                    "policy/approxkl_avg": stats[5].item(),
-                    "policy/entropy_avg": stats[6].item(),
-                    "val/ratio": stats[7].item(),
-                    "val/explained_variance": stats[14].item(),
-                    "policy/clipfrac_by_epoch": stats[15:].tolist(),
-                    "completions/mean_length": stats[11].item(),
-                    "completions/clipped_ratio": stats[12].item(),
-                },
-            )
-            history.append(row)
-            if cfg.kl_target is not None:
-                beta = adaptive_kl_coef(beta, stats[8].item(), cfg.kl_target, B * world, cfg.kl_horizon)
+            history.append(ppo_log_row(step, stats, beta, lr, grad_norm, seen, time.perf_counter() - t0, tokens, t_gen))
+            if cfg.kl_target is not None:  # adapt β to the KL target (Ziegler et al. 2019)
+                samples = n * cfg.samples_per_prompt * world
+                beta = adaptive_kl_coef(beta, stats["objective/kl"].item(), cfg.kl_target, samples, cfg.kl_horizon)
     return history

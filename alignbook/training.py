@@ -8,7 +8,7 @@ Docs: https://alignbook.github.io/alignbook/training.html.md"""
 __all__ = ['SCHEDULES', 'setting_types', 'type_problems', 'TrainConfig', 'lr_factor', 'make_optimizer', 'trainable_parameters',
            'check_rows', 'check_prompt_texts', 'check_pad_token', 'check_finite', 'ForwardWith', 'model_device',
            'prepare', 'unwrap', 'rows_for_step', 'sampling_generator', 'order_for', 'optimizer_step', 'training_mode',
-           'autocast', 'micro_batch', 'log_row']
+           'autocast', 'micro_batch', 'log_row', 'add_metrics', 'reduce_metrics']
 
 # %% ../nbs/00c_training.ipynb #881e1994
 import contextlib
@@ -320,4 +320,22 @@ def log_row(
         num_tokens=num_tokens,
         tokens_per_second=step_tokens / max(seconds, 1e-9),
         **metrics,
+    )
+
+# %% ../nbs/00c_training.ipynb #3c5e9a11
+def add_metrics(totals: dict, metrics: dict, divisor: float = 1) -> dict:
+    "Add each named statistic, detached and ÷ `divisor`, into `totals` (in place; a new name starts at 0); `totals`."
+    for name, value in metrics.items():
+        value = (value.detach() if torch.is_tensor(value) else torch.tensor(float(value))) / divisor
+        totals[name] = totals[name] + value if name in totals else value
+    return totals
+
+
+def reduce_metrics(accelerator, metrics: dict, op: str = "mean") -> dict:
+    """`metrics` (name: 0-d or 1-d tensor) reduced over the processes in one collective (`op`: 'mean' or 'sum'), under
+    the same names and shapes. Every process must pass the same names in the same order."""
+    values = [v.detach().reshape(-1) for v in metrics.values()]
+    flat = accelerator.reduce(torch.cat(values), op) if accelerator is not None else torch.cat(values)
+    return dict(
+        zip(metrics, (x.reshape(v.shape) for x, v in zip(flat.split([len(v) for v in values]), metrics.values())))
     )
