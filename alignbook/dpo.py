@@ -8,7 +8,8 @@ Docs: https://alignbook.github.io/alignbook/dpo.html.md"""
 __all__ = ['TRUNCATION_MODES', 'DPO_LOSSES', 'METRIC_NAMES', 'common_prefix_length', 'explicit_prompt', 'preference_ids',
            'collate_preferences', 'tokenize_preferences', 'completion_logps', 'dpo_loss', 'preference_sums',
            'preference_metrics', 'adapters_off', 'reference_logps', 'reference_key', 'precompute_reference',
-           'policy_and_reference_logps', 'DPOSettings', 'check_dpo_reference', 'check_precomputed', 'train_dpo']
+           'policy_and_reference_logps', 'DPOSettings', 'check_dpo_reference', 'check_precomputed', 'dpo_batch_loss',
+           'train_dpo']
 
 # %% ../nbs/08_dpo.ipynb #8a97a3dd
 import hashlib
@@ -31,6 +32,7 @@ from .reward import _reply_text, check_preference_row, trunk_states
 from .sft import chat_ids
 from alignbook.training import (
     TrainConfig,
+    add_metrics,
     check_finite,
     check_rows,
     log_row,
@@ -39,6 +41,7 @@ from alignbook.training import (
     optimizer_step,
     order_for,
     prepare,
+    reduce_metrics,
     rows_for_step,
     trainable_parameters,
     training_mode,
@@ -413,6 +416,18 @@ def check_precomputed(rows, ref, max_length: int | None, truncation: str) -> boo
         )
     return True
 
+# %% ../nbs/08_dpo.ipynb #2d66b191
+def dpo_batch_loss(wrapped, batch: dict, ref, first_layer: int | None, precomputed: bool, cfg: DPOSettings):
+    """Stages 2-3 on one collated micro-batch: both completions' log-probs under the policy and the reference, the
+    DPO loss summed over its pairs, and the sums TRL logs, by name (`loss`, `rewards/...`, `logps/...`, `tokens`)."""
+    (lw, ll), refs = wrapped(policy_and_reference_logps, batch, ref, first_layer, not precomputed)
+    rw, rl = (batch["ref_chosen_logps"], batch["ref_rejected_logps"]) if precomputed else refs
+    lw, ll, rw, rl = lw.float(), ll.float(), rw.float(), rl.float()
+    n_w, n_l = batch["completion_mask"].sum(-1).chunk(2)  # completion tokens of each chosen, each rejected
+    loss_sum = dpo_loss(lw, ll, rw, rl, cfg.beta, cfg.loss_type, cfg.label_smoothing, n_w, n_l).sum()
+    sums = dict(zip(METRIC_NAMES, preference_sums(lw, ll, rw, rl, cfg.beta)))
+    return loss_sum, {"loss": loss_sum, **sums, "tokens": batch["attention_mask"].sum().float()}
+
 # %% ../nbs/08_dpo.ipynb #0a98717a
 def train_dpo(
     policy,
@@ -445,53 +460,21 @@ def train_dpo(
     n_pairs = cfg.batch_size * world * cfg.grad_accum_steps  # pairs per optimizer step, every process
     with training_mode(policy):
         for step in tqdm(range(1, cfg.steps + 1), desc="DPO", disable=not accelerator.is_main_process):
-            t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+            t0, lr, totals = time.perf_counter(), opt.param_groups[0]["lr"], {}
             micro = rows_for_step(order, step, cfg, rank, world)  # 1. this process's pairs
-            totals = torch.zeros(8, device=device)  # loss sum, the six preference_sums, tokens
             for m, idx in enumerate(micro):
                 batch = collate_preferences([data[i] for i in idx], pad, cfg.max_length, cfg.truncation)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with micro_batch(accelerator, wrapped, cfg, m == len(micro) - 1):
-                    # 2. log-probs of both completions under the policy and the reference
-                    (lw, ll), refs = wrapped(policy_and_reference_logps, batch, ref, first_layer, not precomputed)
-                    rw, rl = (batch["ref_chosen_logps"], batch["ref_rejected_logps"]) if precomputed else refs
-                    # 3. the loss of each pair, summed
-                    n_w, n_l = batch["completion_mask"].sum(-1).chunk(2)
-                    loss_sum = dpo_loss(
-                        lw.float(),
-                        ll.float(),
-                        rw.float(),
-                        rl.float(),
-                        cfg.beta,
-                        cfg.loss_type,
-                        cfg.label_smoothing,
-                        n_w,
-                        n_l,
-                    ).sum()
-                    sums = torch.cat(
-                        [
-                            loss_sum.detach()[None],
-                            preference_sums(lw.float(), ll.float(), rw.float(), rl.float(), cfg.beta),
-                            batch["attention_mask"].sum()[None].float(),
-                        ]
-                    )
-                    sums = accelerator.reduce(sums, "sum")
-                    check_finite(sums[0], step)
+                    loss_sum, sums = dpo_batch_loss(wrapped, batch, ref, first_layer, precomputed, cfg)  # 2-3.
+                    sums = reduce_metrics(accelerator, sums, "sum")
+                    check_finite(sums["loss"], step)
                     accelerator.backward(loss_sum * world / n_pairs)  # DDP averages over processes: the global mean
-                totals += sums
+                add_metrics(totals, sums)
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)  # 4. update
-            seen += int(totals[7])  # 5. log
-            history.append(
-                log_row(
-                    step,
-                    step * n_pairs / len(data),
-                    totals[0].item() / n_pairs,
-                    lr,
-                    grad_norm,
-                    seen,
-                    time.perf_counter() - t0,
-                    int(totals[7]),
-                    **preference_metrics(totals[1:7], n_pairs),
-                )
-            )
+            tokens = int(totals["tokens"])  # 5. log
+            seen += tokens
+            epoch, seconds = step * n_pairs / len(data), time.perf_counter() - t0
+            row = log_row(step, epoch, totals["loss"].item() / n_pairs, lr, grad_norm, seen, seconds, tokens)
+            history.append(row | {k: totals[k].item() / n_pairs for k in METRIC_NAMES})
     return history

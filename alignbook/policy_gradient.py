@@ -7,7 +7,8 @@ Docs: https://alignbook.github.io/alignbook/log_derivative.html.md"""
 # %% auto #0
 __all__ = ['check_rewards', 'reinforce_loss', 'categorical_score_estimate', 'gaussian_score_estimate', 'leave_one_out_baseline',
            'train_bandit', 'sequence_kl', 'logprobs_above_trunk', 'first_trainable_layer', 'policy_and_ref_logprobs',
-           'ReinforceSettings', 'check_reference', 'sample_responses', 'train_reinforce', 'clipped_surrogate']
+           'ReinforceSettings', 'check_reference', 'sample_responses', 'reinforce_advantages', 'reinforce_statistics',
+           'train_reinforce', 'clipped_surrogate']
 
 # %% ../nbs/06_log_derivative.ipynb #9f4358a1
 import numbers
@@ -30,6 +31,7 @@ from alignbook.training import (
     make_optimizer,
     optimizer_step,
     prepare,
+    reduce_metrics,
     sampling_generator,
     trainable_parameters,
     training_mode,
@@ -251,6 +253,28 @@ def sample_responses(
         finished=(seqs[:, P:] == tokenizer.eos_token_id).any(1),
     )
 
+# %% ../nbs/06_log_derivative.ipynb #60f19dea
+def reinforce_advantages(
+    rewards: torch.Tensor, logp_tok: torch.Tensor, ref_tok: torch.Tensor, completion_mask: torch.Tensor, cfg
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3: each response's KL to the reference (nats, (n·k,)) and its advantage: the KL-shaped reward
+    r - β·KL minus the leave-one-out mean of its group of `cfg.samples_per_prompt` (n·k,)."""
+    kl = sequence_kl(logp_tok.detach(), ref_tok, completion_mask[:, 1:].float())
+    shaped = (rewards - cfg.kl_coef * kl).view(-1, cfg.samples_per_prompt)  # (n, k): one group per prompt
+    return kl, (shaped - leave_one_out_baseline(shaped)).flatten()
+
+# %% ../nbs/06_log_derivative.ipynb #724f8b86
+def reinforce_statistics(loss, rewards, kl, completion_mask, finished) -> dict:
+    "Stage 5: one step's statistics on this process, by name (to be averaged over the processes)."
+    return {
+        "loss": loss,
+        "reward": rewards.mean(),
+        "reward_std": rewards.std(),
+        "kl_per_response": kl.mean(),
+        "completions/mean_length": completion_mask.sum(1).float().mean(),
+        "completions/clipped_ratio": (~finished).float().mean(),
+    }
+
 # %% ../nbs/06_log_derivative.ipynb #53c4902f
 def train_reinforce(
     policy,
@@ -273,73 +297,38 @@ def train_reinforce(
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     opt, sched = make_optimizer(params, cfg)
-    pick, history, seen = torch.Generator().manual_seed(cfg.seed), [], 0
-    n, k = cfg.prompts_per_step, cfg.samples_per_prompt
+    pick, history, seen, n = torch.Generator().manual_seed(cfg.seed), [], 0, cfg.prompts_per_step
     with training_mode(policy, tokenizer, padding_side="left"):
         for step in tqdm(range(1, cfg.steps + 1), desc="REINFORCE", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
             # 1. sample k responses to each of this process's prompts (every process draws all, takes its share)
             chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n : (rank + 1) * n].tolist()
             policy.eval()
+            generator = sampling_generator(cfg.seed, step - 1, rank, device)
+            k, new = cfg.samples_per_prompt, cfg.max_new_tokens
             batch = sample_responses(
-                unwrap(policy),
-                tokenizer,
-                [prompts[i] for i in chosen],
-                k,
-                cfg.max_new_tokens,
-                sampling_generator(cfg.seed, step - 1, rank, device),
-                sample_fn,
+                unwrap(policy), tokenizer, [prompts[i] for i in chosen], k, new, generator, sample_fn
             )
-            seqs, attn, seq_completion_mask, finished = (
+            seqs, attn, completion, finished = (
                 batch[key] for key in ("sequences", "attention_mask", "completion_mask", "finished")
             )
             # 2. score: the reward function, refused (before any update) if not finite or of the wrong shape
             rewards = check_rewards(reward_fn(batch["texts"], finished), len(seqs)).to(device)
-            # 3. advantages: KL-shaped reward minus the leave-one-out mean of its group
+            # 3. advantages, from the log-probs under the policy (with gradient) and the reference
             policy.train()
-            logp_tok, ref_tok = wrapped(
-                lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, seq_completion_mask, first_layer)
-            )
-            kl = sequence_kl(logp_tok.detach(), ref_tok, seq_completion_mask[:, 1:].float())  # (n·k,) nats per response
-            shaped = (rewards - cfg.kl_coef * kl).view(n, k)
-            advantages = (shaped - leave_one_out_baseline(shaped)).flatten()
+            logp_tok, ref_tok = wrapped(lambda m: policy_and_ref_logprobs(m, ref, seqs, attn, completion, first_layer))
+            kl, advantages = reinforce_advantages(rewards, logp_tok, ref_tok, completion, cfg)
             # 4. update: the score-function surrogate; DDP averages the processes' gradients
             loss = reinforce_loss(logp_tok.sum(-1), advantages)
-            stats = accelerator.reduce(
-                torch.stack(
-                    [
-                        loss.detach(),
-                        rewards.mean(),
-                        rewards.std(),
-                        kl.mean(),
-                        seq_completion_mask.sum(1).float().mean(),
-                        (~finished).float().mean(),
-                    ]
-                ),
-                "mean",
-            )
-            check_finite(stats[0], step)
+            stats = reduce_metrics(accelerator, reinforce_statistics(loss, rewards, kl, completion, finished))
+            check_finite(stats["loss"], step)
             accelerator.backward(loss)
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)
             tokens = int(accelerator.reduce(attn.sum(), "sum"))
             seen += tokens
-            history.append(
-                log_row(
-                    step,
-                    0.0,
-                    stats[0].item(),
-                    lr,
-                    grad_norm,
-                    seen,
-                    time.perf_counter() - t0,
-                    tokens,
-                    reward=stats[1].item(),
-                    reward_std=stats[2].item(),
-                    kl=(stats[3] / stats[4]).item(),
-                    kl_per_response=stats[3].item(),
-                    **{"completions/mean_length": stats[4].item(), "completions/clipped_ratio": stats[5].item()},
-                )
-            )
+            row = log_row(step, 0.0, stats.pop("loss").item(), lr, grad_norm, seen, time.perf_counter() - t0, tokens)
+            row["kl"] = (stats["kl_per_response"] / stats["completions/mean_length"]).item()  # nats per token
+            history.append(row | {name: value.item() for name, value in stats.items()})
     return history
 
 # %% ../nbs/06_log_derivative.ipynb #d3b0236a

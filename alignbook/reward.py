@@ -8,8 +8,8 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 __all__ = ['REWARD_RECIPE', 'simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss',
            'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'check_preference_row',
            'pair_ids', 'tokenize_pairs', 'collate_pairs', 'win_rate', 'trunk_states', 'top_hidden', 'cache_features',
-           'scores_from_features', 'RewardSettings', 'pair_scores', 'train_reward', 'course_reward_model',
-           'pair_outcomes', 'paired_accuracy']
+           'scores_from_features', 'RewardSettings', 'pair_scores', 'reward_batch_loss', 'train_reward',
+           'course_reward_model', 'pair_outcomes', 'paired_accuracy']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
 import hashlib
@@ -33,6 +33,7 @@ from .models import CACHE_MARK, cache_dir, decoder_layout, load_model, load_toke
 from .sft import chat_ids, freeze_all_but, top_layers
 from alignbook.training import (
     TrainConfig,
+    add_metrics,
     check_finite,
     check_rows,
     log_row,
@@ -41,6 +42,7 @@ from alignbook.training import (
     optimizer_step,
     order_for,
     prepare,
+    reduce_metrics,
     rows_for_step,
     trainable_parameters,
     training_mode,
@@ -394,6 +396,22 @@ def pair_scores(
     r = reward_scores(model, **b)
     return r[: len(batch)], r[len(batch) :]
 
+# %% ../nbs/04_reward_modeling.ipynb #89b7f9f2
+def reward_batch_loss(wrapped, batch: list[dict], cfg: RewardSettings, pad: int | None, features: bool):
+    """Stage 2 on one micro-batch of pairs: both replies scored, the Bradley-Terry loss summed over the pairs, and the
+    sums logged, by name (`loss`, `wins`, `margin`, `reward`, `tokens`)."""
+    rc, rr = wrapped(pair_scores, batch, cfg.trained_layers, pad)
+    loss_sum = pairwise_loss(rc.float(), rr.float(), cfg.margin, cfg.center_coef) * len(batch)
+    chosen, rejected = ("chosen", "rejected") if features else ("chosen_ids", "rejected_ids")
+    tokens = sum(len(b[chosen]) + len(b[rejected]) for b in batch)
+    return loss_sum, {
+        "loss": loss_sum,
+        "wins": (rc > rr).sum().float(),
+        "margin": (rc - rr).sum(),
+        "reward": (rc + rr).sum().detach() / 2,
+        "tokens": torch.tensor(float(tokens), device=loss_sum.device),
+    }
+
 # %% ../nbs/04_reward_modeling.ipynb #b23c3e18
 def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None) -> list[dict]:
     """Train the reward model's trainable weights with the pairwise loss on cached features, token pairs or preference
@@ -411,59 +429,28 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
     check_reward_model(model)
     params = trainable_parameters(model)
     accelerator, wrapped = prepare(model)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
     opt, sched = make_optimizer(params, cfg)
     order, history, seen = order_for(len(data), cfg.seed), [], 0
     n_pairs = cfg.batch_size * world * cfg.grad_accum_steps  # pairs per optimizer step, every process
     with training_mode(model):
         for step in tqdm(range(1, cfg.steps + 1), desc="reward model", disable=not accelerator.is_main_process):
-            t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+            t0, lr, totals = time.perf_counter(), opt.param_groups[0]["lr"], {}
             micro = rows_for_step(order, step, cfg, rank, world)  # 1. this process's pairs
-            totals = torch.zeros(5, device=device)  # loss sum, wins, margin sum, reward sum, tokens
             for m, idx in enumerate(micro):
-                batch = [data[i] for i in idx]
-                last = m == len(micro) - 1
-                with micro_batch(accelerator, wrapped, cfg, last):
-                    # 2. score both replies, Bradley-Terry loss summed over the pairs
-                    rc, rr = wrapped(pair_scores, batch, cfg.trained_layers, pad)
-                    loss_sum = pairwise_loss(rc.float(), rr.float(), cfg.margin, cfg.center_coef) * len(batch)
-                    tokens = sum(
-                        len(b["chosen" if features else "chosen_ids"])
-                        + len(b["rejected" if features else "rejected_ids"])
-                        for b in batch
-                    )
-                    sums = accelerator.reduce(
-                        torch.stack(
-                            [
-                                loss_sum.detach(),
-                                (rc > rr).sum().float(),
-                                (rc - rr).sum().detach(),
-                                (rc + rr).sum().detach() / 2,
-                                torch.tensor(float(tokens), device=device),
-                            ]
-                        ),
-                        "sum",
-                    )
-                    check_finite(sums[0], step)
+                with micro_batch(accelerator, wrapped, cfg, m == len(micro) - 1):
+                    loss_sum, sums = reward_batch_loss(wrapped, [data[i] for i in idx], cfg, pad, features)  # 2.
+                    sums = reduce_metrics(accelerator, sums, "sum")
+                    check_finite(sums["loss"], step)
                     accelerator.backward(loss_sum * world / n_pairs)  # DDP averages over processes: the global mean
-                totals += sums
+                add_metrics(totals, sums)
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)  # 3. update
-            seen += int(totals[4])  # 4. log
-            history.append(
-                log_row(
-                    step,
-                    step * n_pairs / len(data),
-                    totals[0].item() / n_pairs,
-                    lr,
-                    grad_norm,
-                    seen,
-                    time.perf_counter() - t0,
-                    int(totals[4]),
-                    accuracy=totals[1].item() / n_pairs,
-                    margin=totals[2].item() / n_pairs,
-                    mean_reward=totals[3].item() / n_pairs,
-                )
-            )
+            tokens = int(totals["tokens"])  # 4. log
+            seen += tokens
+            mean = {k: v.item() / n_pairs for k, v in totals.items()}  # per pair
+            epoch, seconds = step * n_pairs / len(data), time.perf_counter() - t0
+            row = log_row(step, epoch, mean["loss"], lr, grad_norm, seen, seconds, tokens)
+            history.append(row | dict(accuracy=mean["wins"], margin=mean["margin"], mean_reward=mean["reward"]))
     return history
 
 # %% ../nbs/04_reward_modeling.ipynb #7b4bc5d8

@@ -28,6 +28,7 @@ from .models import decoder_layout
 from .sampling import generate
 from alignbook.training import (
     TrainConfig,
+    add_metrics,
     check_finite,
     check_pad_token,
     check_rows,
@@ -37,6 +38,7 @@ from alignbook.training import (
     optimizer_step,
     order_for,
     prepare,
+    reduce_metrics,
     rows_for_step,
     trainable_parameters,
     training_mode,
@@ -307,13 +309,13 @@ def completion_loss(model, rows: list[dict], pad_token_id: int, batch_size: int 
     return total / n
 
 # %% ../nbs/03_instruction_tuning.ipynb #b00e1e43
-def summed_nll(model, batch: dict) -> torch.Tensor:
-    "[summed NLL of the labelled tokens, how many of them the model predicts right (argmax)]: sums, not means."
+def summed_nll(model, batch: dict) -> dict:
+    "Sums over the labelled tokens: `nll`, their negative log-likelihood; `correct`, how many the argmax gets right."
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
     labels = batch["labels"][:, 1:]  # (B, T-1)
     nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
     correct = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
-    return torch.stack([nll, correct.to(nll.dtype)])
+    return dict(nll=nll, correct=correct.to(nll.dtype))
 
 # %% ../nbs/03_instruction_tuning.ipynb #0cef2322
 def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_data=None) -> list[dict]:
@@ -340,27 +342,25 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
                 collate_sft([rows[i] for i in idx], tokenizer.pad_token_id, cfg.mask_prompt)
                 for idx in rows_for_step(order, step, cfg, rank, world)
             ]
-            counts = torch.tensor(
-                [
-                    sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro),
-                    sum(int(b["attention_mask"].sum()) for b in micro),
-                ],
-                device=device,
-            )
-            n_tokens, n_seen = accelerator.reduce(counts, "sum").tolist()
+            counts = {
+                "labelled": torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro), device=device),
+                "tokens": torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro), device=device),
+            }
+            counts = reduce_metrics(accelerator, counts, "sum")
+            n_tokens, n_seen = counts["labelled"].item(), counts["tokens"].item()
             if n_tokens == 0:
                 raise ValueError(f"step {step}: no labelled token in the batch (every completion masked)")
             # 2. forward and backward: summed NLL / global token count, × processes (DDP averages the gradients)
-            totals = torch.zeros(2, device=device)
+            totals = {}
             for m, batch in enumerate(micro):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 last = m == len(micro) - 1
                 with micro_batch(accelerator, wrapped, cfg, last):
                     sums = wrapped(summed_nll, batch)
-                    step_sums = accelerator.reduce(sums.detach(), "sum")
-                    check_finite(step_sums[0], step)
-                    accelerator.backward(sums[0] * world / n_tokens)
-                totals += step_sums
+                    step_sums = reduce_metrics(accelerator, sums, "sum")
+                    check_finite(step_sums["nll"], step)
+                    accelerator.backward(sums["nll"] * world / n_tokens)
+                add_metrics(totals, step_sums)
             # 3. update
             grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)
             # 4. log (and evaluate)
@@ -368,13 +368,13 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
             row = log_row(
                 step,
                 step * cfg.batch_size * world * cfg.grad_accum_steps / len(rows),
-                totals[0].item() / n_tokens,
+                totals["nll"].item() / n_tokens,
                 lr,
                 grad_norm,
                 seen,
                 time.perf_counter() - t0,
                 n_seen,
-                mean_token_accuracy=totals[1].item() / n_tokens,
+                mean_token_accuracy=totals["correct"].item() / n_tokens,
             )
             if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 model.eval()
