@@ -8,7 +8,7 @@ Docs: https://alignbook.github.io/alignbook/instruction_tuning.html.md"""
 __all__ = ['ALPACA_WITH_INPUT', 'ALPACA_NO_INPUT', 'TEMPLATES', 'SFT_FORMATS', 'TRUNCATION', 'NAMES', 'CITIES', 'render',
            'tokenize_sft', 'chat_ids', 'tokenize_messages', 'tokenize_chat_completion', 'show_masked', 'collate_sft',
            'row_format', 'tokenize_row', 'prepare_sft', 'freeze_all_but', 'top_layers', 'SFTSettings',
-           'completion_loss', 'summed_nll', 'train_sft', 'json_format_rows', 'exact_match']
+           'completion_loss', 'summed_nll', 'sft_micro_batches', 'train_sft', 'json_format_rows', 'exact_match']
 
 # %% ../nbs/03_instruction_tuning.ipynb #26201419
 import html
@@ -317,6 +317,21 @@ def summed_nll(model, batch: dict) -> dict:
     correct = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
     return dict(nll=nll, correct=correct.to(nll.dtype))
 
+# %% ../nbs/03_instruction_tuning.ipynb #d3ed9f4c
+def sft_micro_batches(rows: list[dict], micro_ids: list[list[int]], pad_token_id: int, cfg, accelerator, step: int):
+    """Stage 1: this process's collated micro-batches of a step, the step's labelled-token count over every process
+    (the loss's denominator) and its token count (refused if no token is labelled)."""
+    micro = [collate_sft([rows[i] for i in idx], pad_token_id, cfg.mask_prompt) for idx in micro_ids]
+    device = accelerator.device
+    counts = {
+        "labelled": torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro), device=device),
+        "tokens": torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro), device=device),
+    }
+    counts = reduce_metrics(accelerator, counts, "sum")
+    if counts["labelled"].item() == 0:
+        raise ValueError(f"step {step}: no labelled token in the batch (every completion masked)")
+    return [{k: v.to(device) for k, v in b.items()} for b in micro], counts["labelled"].item(), counts["tokens"].item()
+
 # %% ../nbs/03_instruction_tuning.ipynb #0cef2322
 def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_data=None) -> list[dict]:
     "Supervised fine-tuning of `model`'s trainable parameters on `data` (any of `SFT_FORMATS`, or tokenized rows)."
@@ -331,51 +346,26 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
     )
     params = trainable_parameters(model)
     accelerator, wrapped = prepare(model)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
     opt, sched = make_optimizer(params, cfg)
     order, history, seen = order_for(len(rows), cfg.seed), [], 0
     with training_mode(model):
         for step in tqdm(range(1, cfg.steps + 1), desc="SFT", disable=not accelerator.is_main_process):
-            t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
-            # 1. this process's micro-batches, and the labelled-token count of the whole step (every process)
-            micro = [
-                collate_sft([rows[i] for i in idx], tokenizer.pad_token_id, cfg.mask_prompt)
-                for idx in rows_for_step(order, step, cfg, rank, world)
-            ]
-            counts = {
-                "labelled": torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro), device=device),
-                "tokens": torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro), device=device),
-            }
-            counts = reduce_metrics(accelerator, counts, "sum")
-            n_tokens, n_seen = counts["labelled"].item(), counts["tokens"].item()
-            if n_tokens == 0:
-                raise ValueError(f"step {step}: no labelled token in the batch (every completion masked)")
-            # 2. forward and backward: summed NLL / global token count, × processes (DDP averages the gradients)
-            totals = {}
+            t0, lr, totals = time.perf_counter(), opt.param_groups[0]["lr"], {}
+            micro_ids = rows_for_step(order, step, cfg, rank, world)  # 1. this process's rows, collated
+            micro, n_tokens, n_seen = sft_micro_batches(rows, micro_ids, tokenizer.pad_token_id, cfg, accelerator, step)
             for m, batch in enumerate(micro):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                last = m == len(micro) - 1
-                with micro_batch(accelerator, wrapped, cfg, last):
-                    sums = wrapped(summed_nll, batch)
+                with micro_batch(accelerator, wrapped, cfg, m == len(micro) - 1):
+                    sums = wrapped(summed_nll, batch)  # 2. summed NLL / global token count, × processes (DDP averages)
                     step_sums = reduce_metrics(accelerator, sums, "sum")
                     check_finite(step_sums["nll"], step)
                     accelerator.backward(sums["nll"] * world / n_tokens)
                 add_metrics(totals, step_sums)
-            # 3. update
-            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)
-            # 4. log (and evaluate)
-            seen += n_seen
-            row = log_row(
-                step,
-                step * cfg.batch_size * world * cfg.grad_accum_steps / len(rows),
-                totals["nll"].item() / n_tokens,
-                lr,
-                grad_norm,
-                seen,
-                time.perf_counter() - t0,
-                n_seen,
-                mean_token_accuracy=totals["correct"].item() / n_tokens,
-            )
+            grad_norm = optimizer_step(accelerator, opt, sched, params, cfg, step)  # 3. update
+            seen += n_seen  # 4. log (and evaluate)
+            epoch, seconds = step * cfg.batch_size * world * cfg.grad_accum_steps / len(rows), time.perf_counter() - t0
+            row = log_row(step, epoch, totals["nll"].item() / n_tokens, lr, grad_norm, seen, seconds, n_seen)
+            row["mean_token_accuracy"] = totals["correct"].item() / n_tokens
             if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 model.eval()
                 row["eval_loss"] = completion_loss(model, eval_rows, tokenizer.pad_token_id)
