@@ -6,14 +6,14 @@ Docs: https://alignbook.github.io/alignbook/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['PPO_MINIBATCHES', 'PRESETS', 'TRAINER_SETTINGS', 'PIPELINE_FAMILIES', 'SHARED', 'STAGES', 'STAGE_FUNCTIONS', 'DONE',
-           'RUN_MARK', 'LOCK', 'TRUE', 'FALSE', 'PipelineSettings', 'hh_subsets', 'settings_for', 'trainer_settings',
-           'hh_messages', 'assistant', 'pad_token_for', 'pipeline_tokenizers', 'pipeline_data', 'lora_targets_for',
-           'check_pipeline_model', 'new_policy', 'load_policy', 'save_adapter', 'score_replies', 'stage_sft',
-           'stage_reward', 'load_scorer', 'stage_ppo', 'stage_dpo', 'answer_prompts', 'policy_table', 'stage_report',
-           'stage_fingerprint', 'model_identity', 'stage_inputs', 'PipelineError', 'check_out_folder',
+           'RUN_MARK', 'LOCK', 'TRUE', 'FALSE', 'PipelineSettings', 'pipeline_problems', 'hh_subsets', 'settings_for',
+           'trainer_settings', 'hh_messages', 'assistant', 'pad_token_for', 'pipeline_tokenizers', 'pipeline_data',
+           'lora_targets_for', 'check_pipeline_model', 'new_policy', 'load_policy', 'save_adapter', 'score_replies',
+           'stage_sft', 'stage_reward', 'load_scorer', 'stage_ppo', 'stage_dpo', 'answer_prompts', 'policy_table',
+           'stage_report', 'stage_fingerprint', 'model_identity', 'stage_inputs', 'PipelineError', 'check_out_folder',
            'claim_run_folder', 'stage_files', 'outputs_digest', 'stage_damage', 'resume_verdict', 'run_pipeline',
-           'policy_markdown', 'write_report', 'StreamTo', 'adapter_base', 'chat_flag_problems', 'chat', 'parser',
-           'main']
+           'policy_markdown', 'reward_model_markdown', 'stages_markdown', 'run_metrics', 'write_report', 'StreamTo',
+           'adapter_base', 'chat_flag_problems', 'chat', 'parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #41022857
 import argparse
@@ -111,27 +111,30 @@ class PipelineSettings:
     dpo_max_length: int = 256  # prompt + reply tokens kept per sequence
 
     def __post_init__(self):
-        if bad := type_problems(self):  # 'False' for a bool, 1.5 for a count: named before anything compares them
+        if bad := type_problems(self) or pipeline_problems(self):  # types first: 'False' for a bool, 1.5 for a count
             raise ValueError("PipelineSettings: " + "; ".join(bad))
-        counts = [f.name for f in fields(self) if f.type is int and f.name != "seed"]
-        bad = [f"{n} must be an integer >= 1, got {getattr(self, n)!r}" for n in counts if getattr(self, n) < 1]
-        bad += [
-            f"{n} must be None or an integer >= 1, got {getattr(self, n)!r}"
-            for n in ("test_pairs", "lora_layers")
-            if getattr(self, n) is not None and getattr(self, n) < 1
-        ]
-        if not 0 < self.test_size < 1:
-            bad.append(f"test_size must be in (0, 1), got {self.test_size}")
-        known = list(SOURCES["hh-rlhf"].files)
-        if not (names := hh_subsets(self)) or set(names) - set(known):
-            bad.append(f"subsets must name hh-rlhf subsets, comma-separated, from {known}; got {self.subsets!r}")
-        if (self.ppo_prompts * self.ppo_samples) % PPO_MINIBATCHES:
-            bad.append(
-                f"ppo_prompts × ppo_samples = {self.ppo_prompts * self.ppo_samples} must be a multiple of "
-                f"{PPO_MINIBATCHES}: PPO splits each batch of replies into {PPO_MINIBATCHES} minibatches"
-            )
-        if bad:
-            raise ValueError("PipelineSettings: " + "; ".join(bad))
+
+# %% ../nbs/09_pipeline.ipynb #8593b210
+def pipeline_problems(settings) -> list[str]:
+    "What `PipelineSettings` refuses once every field has its type: one message per bad setting."
+    counts = [f.name for f in fields(settings) if f.type is int and f.name != "seed"]
+    bad = [f"{n} must be an integer >= 1, got {getattr(settings, n)!r}" for n in counts if getattr(settings, n) < 1]
+    bad += [
+        f"{n} must be None or an integer >= 1, got {getattr(settings, n)!r}"
+        for n in ("test_pairs", "lora_layers")
+        if getattr(settings, n) is not None and getattr(settings, n) < 1
+    ]
+    if not 0 < settings.test_size < 1:
+        bad.append(f"test_size must be in (0, 1), got {settings.test_size}")
+    known = list(SOURCES["hh-rlhf"].files)
+    if not (names := hh_subsets(settings)) or set(names) - set(known):
+        bad.append(f"subsets must name hh-rlhf subsets, comma-separated, from {known}; got {settings.subsets!r}")
+    if (settings.ppo_prompts * settings.ppo_samples) % PPO_MINIBATCHES:
+        bad.append(
+            f"ppo_prompts × ppo_samples = {settings.ppo_prompts * settings.ppo_samples} must be a multiple of "
+            f"{PPO_MINIBATCHES}: PPO splits each batch of replies into {PPO_MINIBATCHES} minibatches"
+        )
+    return bad
 
 # %% ../nbs/09_pipeline.ipynb #f52b1439
 def hh_subsets(cfg) -> list[str]:
@@ -153,61 +156,67 @@ PRESETS = {
         dpo_steps=12,
     ),  # a laptop: < 10 min on 2 CPU cores
     "course": dict(),  # chapters 3-8's settings
-    "gpu": dict(
-        subsets="helpful-base,helpful-online,helpful-rejection-sampled",
-        max_pair_tokens=512,
-        pairs=3000,
-        judge_pairs=1200,
-        test_pairs=600,
-        eval_prompts=128,
-        max_new_tokens=128,
-        lora_layers=None,
-        lora_r=16,
-        sft_steps=400,
-        sft_batch=16,
-        sft_max_length=768,
-        sft_lr=5e-4,
-        rm_layers=4,
-        rm_steps=600,
-        rm_batch=32,
-        ppo_steps=150,
-        ppo_prompts=32,
-        ppo_samples=4,
-        ppo_lr=1e-3,
-        dpo_steps=400,
-        dpo_batch=16,
-        dpo_lr=5e-4,
-        dpo_max_length=768,
-        bf16=True,
-    ),  # one GPU: longer replies, more of everything
-    "tiny": dict(
-        model="tiny",
-        pairs=16,
-        judge_pairs=16,
-        test_pairs=16,
-        eval_prompts=4,
-        answers_per_prompt=2,
-        max_new_tokens=8,
-        lora_layers=1,
-        lora_r=4,
-        sft_steps=2,
-        sft_batch=4,
-        sft_lr=1e-2,
-        rm_layers=1,
-        rm_steps=2,
-        rm_batch=4,
-        rm_lr=1e-2,
-        ppo_steps=2,
-        ppo_prompts=4,
-        ppo_samples=2,
-        ppo_lr=1e-2,
-        dpo_steps=2,
-        dpo_batch=4,
-        dpo_lr=1e-2,
-    ),  # the tests: a random 2-layer model, seconds
 }
 
+# %% ../nbs/09_pipeline.ipynb #dd995671
+# one GPU: longer replies, more of everything
+PRESETS["gpu"] = dict(
+    subsets="helpful-base,helpful-online,helpful-rejection-sampled",
+    max_pair_tokens=512,
+    pairs=3000,
+    judge_pairs=1200,
+    test_pairs=600,
+    eval_prompts=128,
+    max_new_tokens=128,
+    lora_layers=None,
+    lora_r=16,
+    sft_steps=400,
+    sft_batch=16,
+    sft_max_length=768,
+    sft_lr=5e-4,
+    rm_layers=4,
+    rm_steps=600,
+    rm_batch=32,
+    ppo_steps=150,
+    ppo_prompts=32,
+    ppo_samples=4,
+    ppo_lr=1e-3,
+    dpo_steps=400,
+    dpo_batch=16,
+    dpo_lr=5e-4,
+    dpo_max_length=768,
+    bf16=True,
+)
 
+# %% ../nbs/09_pipeline.ipynb #0a2ad3ed
+# the tests: a random 2-layer model, seconds
+PRESETS["tiny"] = dict(
+    model="tiny",
+    pairs=16,
+    judge_pairs=16,
+    test_pairs=16,
+    eval_prompts=4,
+    answers_per_prompt=2,
+    max_new_tokens=8,
+    lora_layers=1,
+    lora_r=4,
+    sft_steps=2,
+    sft_batch=4,
+    sft_lr=1e-2,
+    rm_layers=1,
+    rm_steps=2,
+    rm_batch=4,
+    rm_lr=1e-2,
+    ppo_steps=2,
+    ppo_prompts=4,
+    ppo_samples=2,
+    ppo_lr=1e-2,
+    dpo_steps=2,
+    dpo_batch=4,
+    dpo_lr=1e-2,
+)
+
+# %% ../nbs/09_pipeline.ipynb #e3e94ff6
 def settings_for(preset: str = "quick", **changes) -> PipelineSettings:
     "A preset's settings with `changes` applied; an unknown preset or setting is an error that lists the known ones."
     if preset not in PRESETS:
@@ -968,15 +977,40 @@ def policy_markdown(table: dict) -> str:
         )
     return "\n".join(lines)
 
-# %% ../nbs/09_pipeline.ipynb #c41794e3
-def write_report(out: Path, ran: dict | None = None, seconds: float | None = None):
-    "metrics.json, report.md and the plots, from what the stages left in `out` (`ran`: the stages this run ran)."
-    out, ran = Path(out), ran or {}
-    run = json.loads((out / "settings.json").read_text())
-    stages = {name: _done(out / name) for name in STAGES}
+# %% ../nbs/09_pipeline.ipynb #b18f722e
+def reward_model_markdown(rm: dict) -> list[str]:
+    "The report's table of the reward model, the judge and the length rule: accuracy [95 %] on the held-out pairs."
+    lines = [
+        "## The reward model and the judge (held-out pairs: accuracy [95 %])",
+        "",
+        "| | training pairs | accuracy |",
+    ]
+    lines.append("|---|---|---|")
+    for name in ("reward_model", "judge"):
+        a = rm[name]["accuracy"]
+        lines.append(f"| {name.replace('_', ' ')} | {rm[name]['pairs']} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] |")
+    b = rm["longer_wins"]
+    lines.append(f"| the longer reply wins (no training) | | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] |")
+    return lines + ["", f"on {rm['held_out_pairs']} held-out pairs."]
+
+
+def stages_markdown(stages: dict, ran: dict, seconds: float | None) -> list[str]:
+    "The report's table of the stages: what each does, its seconds, and whether this run ran or reused it."
+    lines = ["## Stages", "", "| stage | what | seconds | this run |", "|---|---|---|---|"]
+    lines += [
+        f"| {n} | {STAGES[n][0]} | {d['seconds']:.1f} | {'ran' if n in ran else 'reused'} |" for n, d in stages.items()
+    ]
+    if seconds is not None and ran:
+        lines.append(f"\nThis run: {seconds:.1f} s in all, of which its stages {sum(ran.values()):.1f} s.")
+    elif seconds is not None:
+        lines.append("\nThis run reused every stage from earlier runs (their times above).")
+    return lines
+
+
+def run_metrics(run: dict, stages: dict, ran: dict, seconds: float | None) -> dict:
+    "metrics.json: the preset and settings, the wall time, each stage's seconds and metrics, the policies' measures."
     report = stages["report"]["metrics"]
-    rm = stages["reward"]["metrics"]
-    metrics = dict(
+    return dict(
         preset=run["preset"],
         settings=run["settings"],
         wall_seconds=seconds,
@@ -989,6 +1023,15 @@ def write_report(out: Path, ran: dict | None = None, seconds: float | None = Non
         held_out_prompts=report["prompts"],
         policies=report["policies"],
     )
+
+# %% ../nbs/09_pipeline.ipynb #c41794e3
+def write_report(out: Path, ran: dict | None = None, seconds: float | None = None):
+    "metrics.json, report.md and the plots, from what the stages left in `out` (`ran`: the stages this run ran)."
+    out, ran = Path(out), ran or {}
+    run = json.loads((out / "settings.json").read_text())
+    stages = {name: _done(out / name) for name in STAGES}
+    report = stages["report"]["metrics"]
+    metrics = run_metrics(run, stages, ran, seconds)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plots = _plots(out, report["policies"])
     model = run["settings"]["model"] or f"{DEFAULT_MODEL} (offline copy)"
@@ -996,45 +1039,26 @@ def write_report(out: Path, ran: dict | None = None, seconds: float | None = Non
         f"# alignbook pipeline: {model}, preset {run['preset']}",
         "",
         f"{report['prompts']} held-out hh-rlhf prompts × {run['settings']['answers_per_prompt']} sampled answers per "
-        "policy "
-        "(T = 1). ± = 95 % half-width over prompts. Win rate: share of prompts where the judge scores the policy's "
-        "answers above SFT's (ties ½), Wilson interval; an interval that holds 0.5 means the judge cannot tell the two "
-        "apart on these prompts. The reward model is what PPO optimised; the judge was trained on other pairs and seen "
-        "by no trainer.",
+        "policy (T = 1). ± = 95 % half-width over prompts. Win rate: share of prompts where the judge scores the "
+        "policy's answers above SFT's (ties ½), Wilson interval; an interval that holds 0.5 means the judge cannot "
+        "tell the two apart on these prompts. The reward model is what PPO optimised; the judge was trained on other "
+        "pairs and seen by no trainer.",
         "",
         policy_markdown(report["policies"]),
         "",
-        "## The reward model and the judge (held-out pairs: accuracy [95 %])",
+        *reward_model_markdown(stages["reward"]["metrics"]),
         "",
-        "| | training pairs | accuracy |",
-        "|---|---|---|",
+        *stages_markdown(stages, ran, seconds),
+        "",
     ]
-    for name in ("reward_model", "judge"):
-        a = rm[name]["accuracy"]
-        lines.append(f"| {name.replace('_', ' ')} | {rm[name]['pairs']} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] |")
-    b = rm["longer_wins"]
-    lines += [
-        f"| the longer reply wins (no training) | | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] |",
+    lines += [f"![{p}]({p})" for p in plots] + [
         "",
-        f"on {rm['held_out_pairs']} held-out pairs.",
+        "## Settings",
         "",
-        "## Stages",
-        "",
-        "| stage | what | seconds | this run |",
-        "|---|---|---|---|",
+        "```json",
+        json.dumps(run["settings"], indent=1),
+        "```",
     ]
-    lines += [
-        f"| {n} | {STAGES[n][0]} | {d['seconds']:.1f} | {'ran' if n in ran else 'reused'} |" for n, d in stages.items()
-    ]
-    if seconds is not None and ran:
-        lines.append(f"\nThis run: {seconds:.1f} s in all, of which its stages {sum(ran.values()):.1f} s.")
-    elif seconds is not None:
-        lines.append("\nThis run reused every stage from earlier runs (their times above).")
-    lines += (
-        [""]
-        + [f"![{p}]({p})" for p in plots]
-        + ["", "## Settings", "", "```json", json.dumps(run["settings"], indent=1), "```"]
-    )
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 # %% ../nbs/09_pipeline.ipynb #7405036c

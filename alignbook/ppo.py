@@ -579,7 +579,7 @@ def ppo_update(wrapped, opt, params, accelerator, roll: dict, batch: dict, cfg: 
             updates += 1
     return {k: v / updates for k, v in totals.items()}, clip_by_epoch, float(norm)
 
-# %% ../nbs/07_ppo.ipynb #5cf39f37
+# %% ../nbs/07_ppo.ipynb #7b0c6d50
 def ppo_statistics(update: dict, clip_by_epoch: torch.Tensor, roll: dict, batch: dict, scores: torch.Tensor) -> dict:
     "Stage 5: the iteration's statistics on this process, by name (the update's, then the rollouts'), to be reduced."
     mask, device = roll["mask"], scores.device
@@ -597,7 +597,7 @@ def ppo_statistics(update: dict, clip_by_epoch: torch.Tensor, roll: dict, batch:
         "policy/clipfrac_by_epoch": clip_by_epoch,
     }
 
-
+# %% ../nbs/07_ppo.ipynb #5cf39f37
 def ppo_log_row(
     step: int,
     stats: dict,
