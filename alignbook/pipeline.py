@@ -13,7 +13,7 @@ __all__ = ['PPO_MINIBATCHES', 'PRESETS', 'TRAINER_SETTINGS', 'PIPELINE_FAMILIES'
            'stage_report', 'stage_fingerprint', 'model_identity', 'stage_inputs', 'PipelineError', 'check_out_folder',
            'claim_run_folder', 'stage_files', 'outputs_digest', 'stage_damage', 'resume_verdict', 'run_pipeline',
            'policy_markdown', 'reward_model_markdown', 'stages_markdown', 'run_metrics', 'write_report', 'StreamTo',
-           'adapter_base', 'chat_flag_problems', 'chat', 'parser', 'main']
+           'adapter_base', 'chat_flag_problems', 'chat_settings', 'chat_reply', 'chat', 'parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #41022857
 import argparse
@@ -858,10 +858,9 @@ def run_pipeline(cfg: PipelineSettings, out, force: bool = False, preset: str | 
         if lock is not None:
             lock.release()
 
-# %% ../nbs/09_pipeline.ipynb #95be2a17
-def _run_stages(cfg, out: Path, force: bool, preset, state, device, say, t_start) -> dict:
-    "`run_pipeline` once the run folder is checked and held: the stages in order, then the report."
-    main = state.is_main_process
+# %% ../nbs/09_pipeline.ipynb #608d1d91
+def _setup(cfg, out: Path):
+    "The tokenizers, the model's identity and the data, after every trainer's settings and the model are checked."
     try:
         trainer_settings(cfg)  # every trainer's settings checked before any work
         check_pipeline_model(cfg.model)
@@ -873,20 +872,33 @@ def _run_stages(cfg, out: Path, force: bool, preset, state, device, say, t_start
         data = pipeline_data(cfg, tok, rtok)  # even when every stage is done: what each read is in its fingerprint
     except Exception as e:
         raise _stage_error("data", e, out) from e
+    return tok, rtok, model, data
+
+
+def _agreed_verdict(state, folder: Path, fingerprint: str, force: bool) -> dict:
+    "The main process's `resume_verdict` for a stage, the same on every process; a problem it found is raised on all."
+    verdict = None
+    if state.is_main_process:
+        try:
+            verdict = resume_verdict(folder, fingerprint, force)
+        except PipelineError as e:
+            verdict = dict(problem=str(e))
+    verdict = _from_main(state, verdict)
+    if "problem" in verdict:
+        raise PipelineError(verdict["problem"])
+    return verdict
+
+# %% ../nbs/09_pipeline.ipynb #95be2a17
+def _run_stages(cfg, out: Path, force: bool, preset, state, device, say, t_start) -> dict:
+    "`run_pipeline` once the run folder is checked and held: the stages in order, then the report."
+    main = state.is_main_process
+    tok, rtok, model, data = _setup(cfg, out)
     _save_json(dict(preset=preset, settings=asdict(cfg)), out / "settings.json")
     upstream, ran = {}, {}
     for i, (name, (what, *_)) in enumerate(STAGES.items(), 1):
         fingerprint = stage_fingerprint(cfg, name, upstream, stage_inputs(data, name, model))
         folder, partial, n = out / name, out / f".{name}.partial", f"[{i}/{len(STAGES)}] {name}"
-        verdict = None
-        if main:
-            try:
-                verdict = resume_verdict(folder, fingerprint, force)
-            except PipelineError as e:
-                verdict = dict(problem=str(e))
-        verdict = _from_main(state, verdict)
-        if "problem" in verdict:
-            raise PipelineError(verdict["problem"])
+        verdict = _agreed_verdict(state, folder, fingerprint, force)
         if verdict["skip"]:
             say(f"{n}: done in an earlier run ({verdict['seconds']:.1f} s), skipped (--force runs it again)")
             upstream[name] = verdict["digest"]
@@ -1099,6 +1111,28 @@ def chat_flag_problems(
     ]
     return [msg for ok, msg in flags if not ok]
 
+# %% ../nbs/09_pipeline.ipynb #8afcb8f0
+def chat_settings(tok, temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy) -> GenerationSettings:
+    "The chat's generation settings from its flags (checked by `chat_flag_problems`); greedy ignores the sampling ones."
+    sampling = {} if greedy else dict(temperature=temperature, top_p=top_p, top_k=top_k)
+    return GenerationSettings(
+        do_sample=not greedy,
+        **sampling,
+        repetition_penalty=repetition_penalty,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def chat_reply(policy, tok, messages: list[dict], settings: GenerationSettings, generator, stdout) -> str:
+    "The policy's reply to the conversation so far, streamed to `stdout` as it is sampled; its text."
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = enc.to(policy.device)
+    streamer = StreamTo(tok, stdout)
+    ids = generate(policy, enc["input_ids"], enc["attention_mask"], settings, generator=generator, streamer=streamer)
+    return tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
 # %% ../nbs/09_pipeline.ipynb #c0c23dd2
 def chat(
     adapter=None,
@@ -1123,15 +1157,7 @@ def chat(
     if adapter is not None:
         load_lora(policy, adapter)
     policy.requires_grad_(False)
-    sampling = {} if greedy else dict(temperature=temperature, top_p=top_p, top_k=top_k)  # greedy ignores them
-    settings = GenerationSettings(
-        do_sample=not greedy,
-        **sampling,
-        repetition_penalty=repetition_penalty,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    settings = chat_settings(tok, temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy)
     gen = None if seed is None else torch.Generator(policy.device).manual_seed(seed)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
@@ -1147,19 +1173,8 @@ def chat(
         if not line.strip() or line.strip() == "/reset":
             continue
         messages.append({"role": "user", "content": line.strip()})
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(
-            policy.device
-        )
         stdout.write("bot> ")
-        ids = generate(
-            policy, enc["input_ids"], enc["attention_mask"], settings, generator=gen, streamer=StreamTo(tok, stdout)
-        )
-        messages.append(
-            {
-                "role": "assistant",
-                "content": tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip(),
-            }
-        )
+        messages.append({"role": "assistant", "content": chat_reply(policy, tok, messages, settings, gen, stdout)})
     return messages
 
 # %% ../nbs/09_pipeline.ipynb #6795cbe4

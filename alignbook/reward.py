@@ -490,6 +490,39 @@ def _recipe_pairs(recipe: dict, tokenizer, first_pair: int) -> tuple[list[dict],
         )
     return [train[i] for i in order[first_pair:end]], test
 
+# %% ../nbs/04_reward_modeling.ipynb #41ced893
+def _train_recipe(model, tok, pairs: list[dict], test: list[dict], recipe: dict, first_pair: int) -> dict:
+    "Train the reward model on the recipe's pairs (cached features), measure it on the held-out ones: the report."
+    t0 = time.perf_counter()
+    feats = cache_features(model, pairs, recipe["trained_layers"], tok.pad_token_id)
+    history = train_reward(
+        model,
+        feats,
+        RewardSettings(
+            steps=recipe["steps"],
+            batch_size=recipe["batch_size"],
+            lr=recipe["lr"],
+            trained_layers=recipe["trained_layers"],
+            seed=recipe["seed"],
+        ),
+    )
+    test_feats = cache_features(model, test, recipe["trained_layers"], tok.pad_token_id)
+    with torch.no_grad():
+        held_out = [
+            scores_from_features(model, test_feats[i : i + 16], recipe["trained_layers"])
+            for i in range(0, len(test), 16)
+        ]
+    rc, rr = (torch.cat(x) for x in zip(*held_out))
+    return dict(
+        recipe=recipe,
+        first_pair=first_pair,
+        pairs=len(pairs),
+        held_out_pairs=len(test),
+        losses=[h["loss"] for h in history],
+        held_out_win_rate=win_rate(rc, rr),
+        minutes=(time.perf_counter() - t0) / 60,
+    )
+
 # %% ../nbs/04_reward_modeling.ipynb #1a777b38
 def course_reward_model(
     first_pair: int = 0,  # where its pairs start in the shuffled train split (a judge: after the reward model's)
@@ -517,35 +550,7 @@ def course_reward_model(
                 raise ValueError(f"the cached reward model in {folder} lacks {sorted(missing)[:3]}: delete the folder")
             model.load_state_dict(trained, strict=False)
             return model, tok, json.loads((folder / CACHE_MARK).read_text())
-        t0 = time.perf_counter()
-        feats = cache_features(model, pairs, recipe["trained_layers"], tok.pad_token_id)
-        history = train_reward(
-            model,
-            feats,
-            RewardSettings(
-                steps=recipe["steps"],
-                batch_size=recipe["batch_size"],
-                lr=recipe["lr"],
-                trained_layers=recipe["trained_layers"],
-                seed=recipe["seed"],
-            ),
-        )
-        test_feats = cache_features(model, test, recipe["trained_layers"], tok.pad_token_id)
-        with torch.no_grad():
-            held_out = [
-                scores_from_features(model, test_feats[i : i + 16], recipe["trained_layers"])
-                for i in range(0, len(test), 16)
-            ]
-        rc, rr = (torch.cat(x) for x in zip(*held_out))
-        report = dict(
-            recipe=recipe,
-            first_pair=first_pair,
-            pairs=len(pairs),
-            held_out_pairs=len(test),
-            losses=[h["loss"] for h in history],
-            held_out_win_rate=win_rate(rc, rr),
-            minutes=(time.perf_counter() - t0) / 60,
-        )
+        report = _train_recipe(model, tok, pairs, test, recipe, first_pair)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent))
         save_file(
             {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
