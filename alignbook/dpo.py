@@ -30,22 +30,13 @@ from .lora import lora_layers
 from .policy_gradient import check_reference, first_trainable_layer, logprobs_above_trunk
 from .reward import _reply_text, check_preference_row, trunk_states
 from .sft import chat_ids
-from alignbook.training import (
-    TrainConfig,
-    add_metrics,
-    check_finite,
-    check_rows,
-    log_row,
-    make_optimizer,
-    micro_batch,
-    optimizer_step,
-    order_for,
-    prepare,
-    reduce_metrics,
-    rows_for_step,
-    trainable_parameters,
-    training_mode,
-)
+from .training import TrainConfig, add_metrics, check_finite, check_rows, log_row, make_optimizer, micro_batch
+
+# isort: split
+from .training import optimizer_step, order_for, prepare, reduce_metrics, rows_for_step, trainable_parameters
+
+# isort: split
+from .training import training_mode
 
 # %% ../nbs/08_dpo.ipynb #af880162
 def common_prefix_length(a: list, b: list) -> int:

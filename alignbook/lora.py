@@ -182,7 +182,7 @@ def copy_from_peft(model, peft_model):
         raise ValueError(f"PEFT model has no weights for {missing[:3]}...")
     model.load_state_dict({k: v for k, v in theirs.items() if k in ours}, strict=False)
 
-# %% ../nbs/05_lora.ipynb #c9f5ac57
+# %% ../nbs/05_lora.ipynb #4441599d
 def save_lora(model, path: str | Path, task_type: str | None = None):
     "Write the adapters (and modules_to_save) as a PEFT adapter; under many processes only the main one writes."
     cfg = getattr(model, "lora_config", None)
@@ -223,7 +223,7 @@ def save_lora(model, path: str | Path, task_type: str | None = None):
     if dist:
         torch.distributed.barrier()  # the others wait until the files exist
 
-
+# %% ../nbs/05_lora.ipynb #c9f5ac57
 UNSUPPORTED = dict(
     use_dora=(False, None),
     bias=("none", None),

@@ -40,28 +40,15 @@ from transformers import TextStreamer
 from .data import SOURCES, load_hh_rlhf, split_by_key
 from .dpo import DPOSettings, train_dpo
 from .lora import inject_lora, load_lora, read_adapter_config, save_lora
-from alignbook.models import (
-    CACHE_MARK,
-    DEFAULT_MODEL,
-    TINY,
-    ModelNotAvailable,
-    decoder_layout,
-    load_model,
-    load_tokenizer,
-    model_config,
-    resolve_model,
-)
+from .models import CACHE_MARK, DEFAULT_MODEL, TINY, ModelNotAvailable, decoder_layout, load_model
+
+# isort: split
+from .models import load_tokenizer, model_config, resolve_model
 from .ppo import PPOSettings, response_hidden, response_logprobs, train_ppo, truncate_after_eos
-from alignbook.reward import (
-    RewardSettings,
-    cache_features,
-    load_reward_model,
-    pair_ids,
-    reward_scores,
-    scores_from_features,
-    train_reward,
-    win_rate,
-)
+from .reward import RewardSettings, cache_features, load_reward_model, pair_ids, reward_scores
+
+# isort: split
+from .reward import scores_from_features, train_reward, win_rate
 from .sampling import GenerationSettings, generate
 from .sft import SFTSettings, freeze_all_but, prepare_sft, top_layers, train_sft
 from .training import setting_types, type_problems
@@ -226,7 +213,7 @@ def settings_for(preset: str = "quick", **changes) -> PipelineSettings:
         raise ValueError(f"unknown settings {unknown}; the settings are {names}")
     return PipelineSettings(**{**PRESETS[preset], **changes})
 
-# %% ../nbs/09_pipeline.ipynb #22b565f6
+# %% ../nbs/09_pipeline.ipynb #95cbd3d8
 TRAINER_SETTINGS = {  # stage: (its trainer's settings class, {its field: the pipeline setting it is set from}, fixed)
     "sft": (SFTSettings, dict(steps="sft_steps", lr="sft_lr", batch_size="sft_batch"), {}),
     "reward": (
@@ -253,7 +240,7 @@ TRAINER_SETTINGS = {  # stage: (its trainer's settings class, {its field: the pi
     ),
 }
 
-
+# %% ../nbs/09_pipeline.ipynb #22b565f6
 def trainer_settings(cfg: PipelineSettings) -> dict:
     """The four trainers' settings (chapters 3, 4, 7, 8's dataclasses), checked now rather than when their stage
     starts; a refusal names the pipeline's settings, not the trainer's fields."""
@@ -1209,9 +1196,7 @@ def _setting(text: str) -> tuple[str, object]:
 # %% ../nbs/09_pipeline.ipynb #dc21e635
 def parser() -> argparse.ArgumentParser:
     "The `alignbook` command's arguments."
-    p = argparse.ArgumentParser(
-        prog="alignbook", description="alignbook: the course's post-training pipeline and a chat."
-    )
+    p = argparse.ArgumentParser(prog="alignbook", description="The course's post-training pipeline, and a chat.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "pipeline",

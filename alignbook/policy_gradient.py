@@ -22,21 +22,13 @@ from tqdm.auto import tqdm
 from .distributions import completion_mask_until_stop, sequence_logprobs
 from .reward import top_hidden, trunk_states
 from .sampling import generate
-from alignbook.training import (
-    TrainConfig,
-    check_finite,
-    check_pad_token,
-    check_prompt_texts,
-    log_row,
-    make_optimizer,
-    optimizer_step,
-    prepare,
-    reduce_metrics,
-    sampling_generator,
-    trainable_parameters,
-    training_mode,
-    unwrap,
-)
+from .training import TrainConfig, check_finite, check_pad_token, check_prompt_texts, log_row, make_optimizer
+
+# isort: split
+from .training import optimizer_step, prepare, reduce_metrics, sampling_generator, trainable_parameters
+
+# isort: split
+from .training import training_mode, unwrap
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n: int) -> torch.Tensor:

@@ -27,22 +27,13 @@ from .distributions import completion_mask_until_stop
 from .policy_gradient import check_reference, check_rewards, first_trainable_layer
 from .reward import check_reward_model, reward_scores, top_hidden, trunk_states
 from .sampling import generate
-from alignbook.training import (
-    TrainConfig,
-    add_metrics,
-    autocast,
-    check_finite,
-    check_pad_token,
-    check_prompt_texts,
-    log_row,
-    lr_factor,
-    prepare,
-    reduce_metrics,
-    sampling_generator,
-    trainable_parameters,
-    training_mode,
-    unwrap,
-)
+from .training import TrainConfig, add_metrics, autocast, check_finite, check_pad_token, check_prompt_texts
+
+# isort: split
+from .training import log_row, lr_factor, prepare, reduce_metrics, sampling_generator, trainable_parameters
+
+# isort: split
+from .training import training_mode, unwrap
 
 # %% ../nbs/07_ppo.ipynb #94477785
 def last_response_index(mask: torch.Tensor) -> torch.Tensor:
@@ -338,45 +329,37 @@ class PPOSettings(TrainConfig):
 # %% ../nbs/07_ppo.ipynb #7a0e0b01
 def ppo_problems(cfg) -> list[str]:
     "What `PPOSettings` refuses beyond `TrainConfig`'s checks: one message per bad field (or pair of fields)."
-    return [
-        msg
-        for ok, msg in [
-            (cfg.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {cfg.prompts_per_step}"),
-            (cfg.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {cfg.samples_per_prompt}"),
-            (cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}"),
-            (cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"),
-            (cfg.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {cfg.ppo_epochs}"),
-            (
-                cfg.num_minibatches >= 1
-                and (cfg.prompts_per_step * cfg.samples_per_prompt) % (cfg.num_minibatches * cfg.grad_accum_steps) == 0,
-                f"a rollout batch of {cfg.prompts_per_step * cfg.samples_per_prompt} must split into "
-                "num_minibatches × "
-                f"grad_accum_steps = {cfg.num_minibatches * cfg.grad_accum_steps} equal parts",
-            ),
-            (cfg.clip > 0, f"clip must be > 0, got {cfg.clip}"),
-            (
-                cfg.clip_value is None or cfg.clip_value > 0,
-                f"clip_value must be > 0 or None, got {cfg.clip_value}",
-            ),
-            (
-                0 < cfg.gamma <= 1 and 0 <= cfg.lam <= 1,
-                f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {cfg.gamma}, {cfg.lam}",
-            ),
-            (
-                cfg.vf_coef >= 0,
-                f"vf_coef must be >= 0 (a negative weight trains the critic away from the returns), got {cfg.vf_coef}",
-            ),
-            (cfg.kl_coef >= 0, f"kl_coef must be >= 0, got {cfg.kl_coef}"),
-            (kl_horizon_problem(cfg) is None, kl_horizon_problem(cfg)),
-            (cfg.kl_estimator in ("k1", "k3"), f"kl_estimator must be 'k1' or 'k3', got {cfg.kl_estimator!r}"),
-            (
-                cfg.kl_target is None or (cfg.kl_target > 0 and cfg.kl_coef > 0),
-                f"kl_target must be > 0 and needs kl_coef > 0, got {cfg.kl_target}, {cfg.kl_coef}",
-            ),
-            (cfg.seed is not None, "PPO needs an integer seed"),
-        ]
-        if not ok
+    batch, parts = cfg.prompts_per_step * cfg.samples_per_prompt, cfg.num_minibatches * cfg.grad_accum_steps
+    checks = [
+        (cfg.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {cfg.prompts_per_step}"),
+        (cfg.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {cfg.samples_per_prompt}"),
+        (cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}"),
+        (cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"),
+        (cfg.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {cfg.ppo_epochs}"),
+        (
+            cfg.num_minibatches >= 1 and batch % parts == 0,
+            f"a rollout batch of {batch} must split into num_minibatches × grad_accum_steps = {parts} equal parts",
+        ),
+        (cfg.clip > 0, f"clip must be > 0, got {cfg.clip}"),
+        (cfg.clip_value is None or cfg.clip_value > 0, f"clip_value must be > 0 or None, got {cfg.clip_value}"),
+        (
+            0 < cfg.gamma <= 1 and 0 <= cfg.lam <= 1,
+            f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {cfg.gamma}, {cfg.lam}",
+        ),
+        (
+            cfg.vf_coef >= 0,
+            f"vf_coef must be >= 0 (a negative weight trains the critic away from the returns), got {cfg.vf_coef}",
+        ),
+        (cfg.kl_coef >= 0, f"kl_coef must be >= 0, got {cfg.kl_coef}"),
+        (kl_horizon_problem(cfg) is None, kl_horizon_problem(cfg)),
+        (cfg.kl_estimator in ("k1", "k3"), f"kl_estimator must be 'k1' or 'k3', got {cfg.kl_estimator!r}"),
+        (
+            cfg.kl_target is None or (cfg.kl_target > 0 and cfg.kl_coef > 0),
+            f"kl_target must be > 0 and needs kl_coef > 0, got {cfg.kl_target}, {cfg.kl_coef}",
+        ),
+        (cfg.seed is not None, "PPO needs an integer seed"),
     ]
+    return [msg for ok, msg in checks if not ok]
 
 # %% ../nbs/07_ppo.ipynb #a6f55643
 def check_prompts(prompts: list[str], tokenizer, max_length: int | None) -> list[str]:

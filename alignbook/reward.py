@@ -31,22 +31,13 @@ from tqdm.auto import tqdm
 from .data import load_hh_rlhf, split_by_key
 from .models import CACHE_MARK, cache_dir, decoder_layout, load_model, load_tokenizer, resolve_model
 from .sft import chat_ids, freeze_all_but, top_layers
-from alignbook.training import (
-    TrainConfig,
-    add_metrics,
-    check_finite,
-    check_rows,
-    log_row,
-    make_optimizer,
-    micro_batch,
-    optimizer_step,
-    order_for,
-    prepare,
-    reduce_metrics,
-    rows_for_step,
-    trainable_parameters,
-    training_mode,
-)
+from .training import TrainConfig, add_metrics, check_finite, check_rows, log_row, make_optimizer, micro_batch
+
+# isort: split
+from .training import optimizer_step, order_for, prepare, reduce_metrics, rows_for_step, trainable_parameters
+
+# isort: split
+from .training import training_mode
 
 # %% ../nbs/04_reward_modeling.ipynb #89bc91ee
 def simulate_comparisons(

@@ -6,7 +6,8 @@ Docs: https://alignbook.github.io/alignbook/sampling.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_NEW_TOKENS', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'apply_repetition_penalty',
-           'suppress_stop_tokens', 'GenerationSettings', 'process_logits', 'generate', 'beam_search', 'distinct_n']
+           'suppress_stop_tokens', 'GenerationSettings', 'generation_problems', 'process_logits', 'generate',
+           'beam_search', 'distinct_n']
 
 # %% ../nbs/02_sampling.ipynb #4100bd6f
 import inspect
@@ -98,30 +99,8 @@ class GenerationSettings:
     pad_token_id: int | None = None  # fills finished rows; default: the model's, else the first stop token
 
     def __post_init__(self):
-        n = self.max_new_tokens
-        checks = [
-            (n is None or n >= 1, "max_new_tokens must be >= 1"),
-            (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
-            (n is None or self.min_new_tokens <= n, "min_new_tokens must be <= max_new_tokens"),
-            (self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (self.num_beams >= 1, "num_beams must be >= 1"),
-            (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
-            (
-                self.num_beams == 1 or self.num_return_sequences <= self.num_beams,
-                "num_return_sequences must be <= num_beams",
-            ),
-            (
-                self.num_beams == 1 or not self.do_sample,
-                "beam search here is deterministic: use do_sample=False with num_beams > 1",
-            ),
-            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"{msg} (got {self})")
+        if bad := generation_problems(self):
+            raise ValueError(f"{bad[0]} (got {self})")
 
     @property
     def stop_ids(self) -> list[int]:
@@ -132,6 +111,32 @@ class GenerationSettings:
             if isinstance(self.eos_token_id, int)
             else list(self.eos_token_id)
         )
+
+# %% ../nbs/02_sampling.ipynb #1dca2847
+def generation_problems(settings) -> list[str]:
+    "What `GenerationSettings` refuses: one message per bad setting, in the order checked."
+    n = settings.max_new_tokens
+    checks = [
+        (n is None or n >= 1, "max_new_tokens must be >= 1"),
+        (settings.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
+        (n is None or settings.min_new_tokens <= n, "min_new_tokens must be <= max_new_tokens"),
+        (settings.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)"),
+        (settings.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
+        (0 < settings.top_p <= 1, "top_p must be in (0, 1]"),
+        (settings.repetition_penalty > 0, "repetition_penalty must be > 0"),
+        (settings.num_beams >= 1, "num_beams must be >= 1"),
+        (settings.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
+        (
+            settings.num_beams == 1 or settings.num_return_sequences <= settings.num_beams,
+            "num_return_sequences must be <= num_beams",
+        ),
+        (
+            settings.num_beams == 1 or not settings.do_sample,
+            "beam search here is deterministic: use do_sample=False with num_beams > 1",
+        ),
+        (settings.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+    ]
+    return [msg for ok, msg in checks if not ok]
 
 # %% ../nbs/02_sampling.ipynb #4f910e29
 def process_logits(
@@ -256,6 +261,39 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     "Select along dim 1 of `t` (batch, n, ...) with `idx` (batch, m)."
     return t.gather(1, idx.view(*idx.shape, *[1] * (t.dim() - 2)).expand(*idx.shape, *t.shape[2:]))
 
+# %% ../nbs/02_sampling.ipynb #3ca1aab7
+def _start_beams(input_ids: torch.Tensor, K: int, max_len: int, pad_token_id: int) -> tuple:
+    """The search's state before its first step: `K` running beams per prompt (only the first alive) and `K` empty
+    slots for finished hypotheses: running (B, K, max_len), their scores (B, K), and the same for the finished."""
+    B, L, device = input_ids.shape[0], input_ids.shape[1], input_ids.device
+    running = input_ids.new_full((B, K, max_len), pad_token_id)
+    running[:, :, :L] = input_ids[:, None]
+    running_score = torch.zeros(B, K, device=device)
+    running_score[:, 1:] = -1e9  # start from one beam
+    finished_score = torch.full((B, K), -1e9, device=device)
+    is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    return (
+        running,
+        running_score,
+        running.clone(),
+        finished_score,
+        is_finished,
+        torch.zeros(B, K, dtype=torch.long, device=device),
+    )
+
+
+def _keep_best(K, finished, finished_score, is_finished, finished_len, cand_seq, new_score, eligible, length: int):
+    "Step 3: the `K` best of the finished hypotheses and the candidates that just ended (`eligible`), by score."
+    merged = torch.cat([finished_score, new_score.masked_fill(~eligible, -1e9)], 1)
+    keep = merged.topk(K).indices
+    lengths = torch.cat([finished_len, torch.full_like(finished_len, length).repeat(1, 2)], 1)
+    return (
+        _gather(torch.cat([finished, cand_seq], 1), keep),
+        _gather(merged, keep),
+        _gather(torch.cat([is_finished, eligible], 1), keep),
+        _gather(lengths, keep),
+    )
+
 # %% ../nbs/02_sampling.ipynb #f47c32bd
 @torch.no_grad()
 def beam_search(
@@ -271,13 +309,9 @@ def beam_search(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     max_len, stop = L + s.max_new_tokens, torch.tensor(s.stop_ids, dtype=torch.long, device=input_ids.device)
-    running = input_ids.new_full((B, K, max_len), s.pad_token_id)
-    running[:, :, :L] = input_ids[:, None]
-    finished, finished_len = running.clone(), torch.zeros(B, K, dtype=torch.long, device=input_ids.device)
-    running_score = torch.zeros(B, K, device=input_ids.device)
-    running_score[:, 1:] = -1e9  # start from one beam
-    finished_score = torch.full((B, K), -1e9, device=input_ids.device)
-    is_finished = torch.zeros(B, K, dtype=torch.bool, device=input_ids.device)
+    running, running_score, finished, finished_score, is_finished, finished_len = _start_beams(
+        input_ids, K, max_len, s.pad_token_id
+    )
     can_improve = torch.ones(B, 1, dtype=torch.bool, device=input_ids.device)
     mask, cache, cur = attention_mask.repeat_interleave(K, 0), DynamicCache(config=model.config), L
     logits = _forward(model, input_ids.repeat_interleave(K, 0), mask, cache)
@@ -296,11 +330,10 @@ def beam_search(
         eligible = ends & (torch.arange(2 * K, device=ends.device) < K) & can_improve
         if s.early_stopping is True:
             eligible &= ~is_finished.all(-1, keepdim=True)
-        merged = torch.cat([finished_score, new_score.masked_fill(~eligible, -1e9)], 1)
-        keep = merged.topk(K).indices
-        finished = _gather(torch.cat([finished, cand_seq], 1), keep)
-        finished_score, is_finished = _gather(merged, keep), _gather(torch.cat([is_finished, eligible], 1), keep)
-        finished_len = _gather(torch.cat([finished_len, torch.full_like(token, cur + 1 - L)], 1), keep)
+        hyps = _keep_best(
+            K, finished, finished_score, is_finished, finished_len, cand_seq, new_score, eligible, cur + 1 - L
+        )
+        finished, finished_score, is_finished, finished_len = hyps
         # step 4: the best candidates that did not end become the next beams
         alive_score = cand_score - 1e9 * ends.float()
         nxt = alive_score.topk(K).indices

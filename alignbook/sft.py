@@ -26,23 +26,13 @@ from tqdm.auto import tqdm
 from .distributions import pad_batch
 from .models import decoder_layout
 from .sampling import generate
-from alignbook.training import (
-    TrainConfig,
-    add_metrics,
-    check_finite,
-    check_pad_token,
-    check_rows,
-    log_row,
-    make_optimizer,
-    micro_batch,
-    optimizer_step,
-    order_for,
-    prepare,
-    reduce_metrics,
-    rows_for_step,
-    trainable_parameters,
-    training_mode,
-)
+from .training import TrainConfig, add_metrics, check_finite, check_pad_token, check_rows, log_row
+
+# isort: split
+from .training import make_optimizer, micro_batch, optimizer_step, order_for, prepare, reduce_metrics
+
+# isort: split
+from .training import rows_for_step, trainable_parameters, training_mode
 
 # %% ../nbs/03_instruction_tuning.ipynb #3e181cd6
 ALPACA_WITH_INPUT = (
