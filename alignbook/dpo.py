@@ -189,20 +189,18 @@ def preference_sums(
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float,
-) -> torch.Tensor:
-    "Sums over pairs of what TRL logs: chosen reward, rejected reward, wins, margin, chosen logp, rejected logp."
-    r_w = beta * (chosen_logps - ref_chosen_logps).detach()
+) -> dict:
+    "Sums over the pairs of what TRL logs, under TRL's names: the implicit rewards, wins, margins and log-probs."
+    r_w = beta * (chosen_logps - ref_chosen_logps).detach()  # β·h_w, the chosen completion's implicit reward
     r_l = beta * (rejected_logps - ref_rejected_logps).detach()
-    return torch.stack(
-        [
-            r_w.sum(),
-            r_l.sum(),
-            (r_w > r_l).float().sum(),
-            (r_w - r_l).sum(),
-            chosen_logps.detach().sum(),
-            rejected_logps.detach().sum(),
-        ]
-    )
+    return {
+        "rewards/chosen": r_w.sum(),
+        "rewards/rejected": r_l.sum(),
+        "rewards/accuracies": (r_w > r_l).float().sum(),
+        "rewards/margins": (r_w - r_l).sum(),
+        "logps/chosen": chosen_logps.detach().sum(),
+        "logps/rejected": rejected_logps.detach().sum(),
+    }
 
 
 METRIC_NAMES = (
@@ -215,9 +213,9 @@ METRIC_NAMES = (
 )
 
 # %% ../nbs/08_dpo.ipynb #c7930f7e
-def preference_metrics(sums: torch.Tensor, n_pairs: int) -> dict:
-    "TRL's metric names and values from `preference_sums` over `n_pairs` pairs."
-    return {k: v.item() / n_pairs for k, v in zip(METRIC_NAMES, sums)}
+def preference_metrics(sums: dict, n_pairs: int) -> dict:
+    "TRL's metrics from `preference_sums` over `n_pairs` pairs: each sum ÷ the pairs."
+    return {name: value.item() / n_pairs for name, value in sums.items()}
 
 # %% ../nbs/08_dpo.ipynb #d04ee05b
 @contextmanager
@@ -416,7 +414,7 @@ def dpo_batch_loss(wrapped, batch: dict, ref, first_layer: int | None, precomput
     lw, ll, rw, rl = lw.float(), ll.float(), rw.float(), rl.float()
     n_w, n_l = batch["completion_mask"].sum(-1).chunk(2)  # completion tokens of each chosen, each rejected
     loss_sum = dpo_loss(lw, ll, rw, rl, cfg.beta, cfg.loss_type, cfg.label_smoothing, n_w, n_l).sum()
-    sums = dict(zip(METRIC_NAMES, preference_sums(lw, ll, rw, rl, cfg.beta)))
+    sums = preference_sums(lw, ll, rw, rl, cfg.beta)
     return loss_sum, {"loss": loss_sum, **sums, "tokens": batch["attention_mask"].sum().float()}
 
 # %% ../nbs/08_dpo.ipynb #0a98717a
