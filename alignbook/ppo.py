@@ -646,20 +646,21 @@ def train_ppo(
         pv.eval()  # no dropout anywhere: the ratio π/π_old must be exactly 1 before the first update
         for step in tqdm(range(1, cfg.steps + 1), desc="PPO", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+            # 1. rollouts: this process's share of the prompts (every process draws all), k responses each
             chosen = torch.randint(0, len(prompts), (n * world,), generator=pick)[rank * n : (rank + 1) * n].tolist()
-            generator = sampling_generator(cfg.seed, step - 1, rank, device)  # this process's share of the prompts
+            generator = sampling_generator(cfg.seed, step - 1, rank, device)  # one stream per process and iteration
             roll = ppo_rollout(policy, tokenizer, [prompts[i] for i in chosen], cfg, device, generator, sample_fn)
             t_gen = time.perf_counter() - t0
-            scores = ppo_scores(roll, cfg, accelerator, tokenizer, reward_fn, reward_model)
-            batch = rollout_forward(pv, ref, roll, cfg, first_layer)
+            scores = ppo_scores(roll, cfg, accelerator, tokenizer, reward_fn, reward_model)  # 2. scores
+            batch = rollout_forward(pv, ref, roll, cfg, first_layer)  # 3. before any update, then GAE
             batch |= ppo_advantages(
                 scores, batch["old_logp"], batch["ref_logp"], batch["old_values"], roll["mask"], beta, cfg
             )
-            update, clip_by_epoch, grad_norm = ppo_update(
+            update, clip_by_epoch, grad_norm = ppo_update(  # 4. ppo_epochs × num_minibatches optimizer steps
                 wrapped, opt, params, accelerator, roll, batch, cfg, step, shuffle
             )
             sched.step()
-            stats = reduce_metrics(accelerator, ppo_statistics(update, clip_by_epoch, roll, batch, scores))
+            stats = reduce_metrics(accelerator, ppo_statistics(update, clip_by_epoch, roll, batch, scores))  # 5.
             check_finite(stats["loss"], step)
             tokens = int(accelerator.reduce(roll["attention_mask"].sum(), "sum"))
             seen += tokens
