@@ -399,7 +399,7 @@ def reward_batch_loss(wrapped, batch: list[dict], cfg: RewardSettings, pad: int 
         "loss": loss_sum,
         "wins": (rc > rr).sum().float(),
         "margin": (rc - rr).sum(),
-        "reward": (rc + rr).sum().detach() / 2,
+        "reward": (rc + rr).sum() / 2,  # the mean of the pair's two rewards, summed
         "tokens": torch.tensor(float(tokens), device=loss_sum.device),
     }
 
