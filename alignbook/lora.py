@@ -110,6 +110,7 @@ def inject_lora(
     modules_to_save: list[str] = (),
     rank_pattern: dict | None = None,
     alpha_pattern: dict | None = None,
+    seed: int | None = None,  # seeds the A matrices' random init; None: torch's global RNG (as PEFT)
 ) -> nn.Module:
     "Wrap the selected linear layers in `LoRALinear`, freeze all else but `modules_to_save`; returns the model."
     rank_pattern, alpha_pattern = rank_pattern or {}, alpha_pattern or {}
@@ -121,16 +122,14 @@ def inject_lora(
         model.get_submodule(name)
     for p in model.parameters():
         p.requires_grad_(False)
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(
-            holder,
-            child,
-            LoRALinear(
-                getattr(holder, child), ranks[name], _pattern_value(name, alpha_pattern, alpha), dropout, use_rslora
-            ),
-        )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):  # the global RNG is left as it was
+        if seed is not None:
+            torch.manual_seed(seed)
+        for name in names:
+            parent, _, child = name.rpartition(".")
+            holder = model.get_submodule(parent) if parent else model
+            alpha_n = _pattern_value(name, alpha_pattern, alpha)
+            setattr(holder, child, LoRALinear(getattr(holder, child), ranks[name], alpha_n, dropout, use_rslora))
     for name in modules_to_save:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)

@@ -6,7 +6,7 @@ Docs: https://alignbook.github.io/alignbook/ppo.html.md"""
 
 # %% auto #0
 __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_after_eos', 'temperature_logprobs', 'gae',
-           'gae_loop', 'masked_mean', 'masked_whiten', 'ppo_policy_loss', 'ppo_value_loss', 'explained_variance',
+           'masked_mean', 'masked_whiten', 'ppo_policy_loss', 'ppo_value_loss', 'explained_variance',
            'adaptive_kl_coef', 'kl_horizon_problem', 'ValueHead', 'PolicyAndValue', 'response_hidden',
            'response_logprobs', 'policy_and_values', 'score_responses', 'PPOSettings', 'ppo_problems', 'check_prompts',
            'check_ppo_inputs', 'agreed_rewards', 'ppo_rollout', 'ppo_scores', 'rollout_forward', 'ppo_advantages',
@@ -107,16 +107,6 @@ def gae(
     advantages = deltas @ weights.T  # A_t = Σ_{s≥t} (γλ)^{s-t} δ_s
     return advantages, advantages + values
 
-# %% ../nbs/07_ppo.ipynb #8562681c
-def gae_loop(rewards: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95) -> torch.Tensor:
-    "The same advantages by the textbook backward recursion A_t = δ_t + γλ A_{t+1} (the reference for `gae`)."
-    last, out = torch.zeros_like(rewards[..., 0]), []
-    for t in reversed(range(rewards.shape[-1])):
-        next_value = values[..., t + 1] if t + 1 < rewards.shape[-1] else 0.0
-        last = rewards[..., t] + gamma * next_value - values[..., t] + gamma * lam * last
-        out.append(last)
-    return torch.stack(out[::-1], -1)
-
 # %% ../nbs/07_ppo.ipynb #0678707c
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     "Mean of `x` over the positions where `mask` is 1."
@@ -162,7 +152,9 @@ def ppo_value_loss(
     unclipped = (values - returns) ** 2
     if clip is None:
         return 0.5 * masked_mean(unclipped, mask), torch.zeros(())
-    clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns) ** 2
+    # clamp V itself (as TRL): a value inside V_old ± ε comes back bit for bit, so only a real clip can win the max
+    # (V_old + (V - V_old).clamp(±ε) rounds: it differs from V when |V| ≪ |V_old| and counted clips that were not)
+    clipped = (torch.clamp(values, old_values - clip, old_values + clip) - returns) ** 2
     return 0.5 * masked_mean(torch.max(unclipped, clipped), mask), masked_mean(
         (clipped > unclipped).float(), mask
     ).detach()
@@ -625,10 +617,12 @@ def train_ppo(
     reward_model=None,
     value_model=None,
     sample_fn=generate,
+    callback=None,
 ) -> list[dict]:
     """PPO with a KL-shaped reward, GAE and a critic (a value head on the policy, or TRL's separate `value_model`);
     the history. `reward_fn(texts, finished)` scores decoded responses (it also gets `prompts=` if it has that
-    parameter); `reward_model` scores the token ids (it must share the policy's tokenizer)."""
+    parameter); `reward_model` scores the token ids (it must share the policy's tokenizer). `callback(step, policy,
+    roll)`, if given, runs after each iteration; a dict it returns joins that iteration's row (held-out numbers)."""
     cfg = cfg or PPOSettings()
     prompts = check_ppo_inputs(policy, prompts, cfg, tokenizer, reward_fn, reward_model, ref)
     pv = PolicyAndValue(policy, _critic(policy, value_model, reward_model))
@@ -665,6 +659,7 @@ def train_ppo(
             tokens = int(accelerator.reduce(roll["attention_mask"].sum(), "sum"))
             seen += tokens
             history.append(ppo_log_row(step, stats, beta, lr, grad_norm, seen, time.perf_counter() - t0, tokens, t_gen))
+            history[-1] |= (callback(step, policy, roll) or {}) if callback else {}
             if cfg.kl_target is not None:  # adapt β to the KL target (Ziegler et al. 2019)
                 samples = n * cfg.samples_per_prompt * world
                 beta = adaptive_kl_coef(beta, stats["objective/kl"].item(), cfg.kl_target, samples, cfg.kl_horizon)

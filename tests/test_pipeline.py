@@ -65,7 +65,10 @@ def test_end_to_end(tiny_run):  # no time limit: a busy machine is not a failure
         )
         assert cells[5] == f"{m['kl']:.2f}" and cells[6] == f"{m['tokens']:.1f}"
         assert all(math.isfinite(v) for k, v in m.items() if k != "sample")
-        assert m["win_low"] <= m["win_rate"] <= m["win_high"]
+        n, z, w = metrics["held_out_prompts"], 1.96, m["win_rate"]  # Wilson's interval, written out independently
+        shrink = 1 + z * z / n
+        centre, half = (w + z * z / (2 * n)) / shrink, z * math.sqrt(w * (1 - w) / n + z * z / (4 * n * n)) / shrink
+        assert (m["win_low"], m["win_high"]) == pytest.approx((centre - half, centre + half))
         if name != "SFT":
             assert cells[4] == f"{m['win_rate']:.3f} [{m['win_low']:.3f}, {m['win_high']:.3f}]"
     assert metrics["policies"]["SFT"]["kl"] == 0.0 and metrics["policies"]["SFT"]["win_rate"] == 0.5

@@ -10,12 +10,23 @@ from alignbook.ppo import (
     PPOSettings,
     adaptive_kl_coef,
     gae,
-    gae_loop,
     masked_whiten,
     per_token_rewards,
+    ppo_value_loss,
     train_ppo,
     truncate_after_eos,
 )
+
+
+def gae_loop(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    "The reference, kept here beside its test: TRL's backward recursion A_t = δ_t + γλ·A_{t+1}, one slot at a time."
+    last_gae, advantages, width = torch.zeros(rewards.shape[0], dtype=rewards.dtype), [], rewards.shape[1]
+    for t in reversed(range(width)):
+        next_values = values[:, t + 1] if t < width - 1 else 0.0
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last_gae = delta + gamma * lam * last_gae
+        advantages.append(last_gae)
+    return torch.stack(advantages[::-1], dim=1)
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (0.99, 0.0)])
@@ -124,20 +135,19 @@ def test_no_update_after_a_nan_reward(tiny):
 
 def test_history_and_value_head(tiny):
     policy, ref, tok = tiny
-    hist = train_ppo(
-        policy,
-        ["hi", "Name a color:"],
-        PPOSettings(steps=2, prompts_per_step=2, max_new_tokens=4, lr=1e-3),
-        tok,
-        _reward,
-        ref,
-    )
-    assert [h["step"] for h in hist] == [1, 2]
-    assert (
-        hist[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5) and hist[1]["objective/kl"] != 0
-    )  # π = π_ref at the start only
-    assert all(h["val/ratio"] > 0 and h["completions/mean_length"] <= 4 for h in hist)
-    assert all(0 <= h["policy/clipfrac_avg"] <= 1 for h in hist)
+
+    def by_prompt(texts, finished, prompts):  # a reward the critic can predict from the prompt alone
+        return [1.0 if p == "hi" else -1.0 for p in prompts]
+
+    cfg = PPOSettings(steps=8, prompts_per_step=4, max_new_tokens=4, lr=1e-3, kl_coef=0.0, vf_coef=1.0, seed=0)
+    hist = train_ppo(policy, ["hi", "Name a color:"], cfg, tok, by_prompt, ref)
+    assert [h["step"] for h in hist] == list(range(1, 9))
+    assert hist[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5) and hist[1]["objective/kl"] != 0  # π = π_ref first
+    assert all(h["completions/mean_length"] <= 4 for h in hist)
+    # the value head learns the returns: explained variance from ≈ 0 (a fresh head) to ≈ 1, the value loss falls 100×
+    ev = [h["val/explained_variance"] for h in hist]
+    assert ev[0] < 0.2 and min(ev[3:]) > 0.9, ev
+    assert hist[-1]["loss/value_avg"] < 0.01 * hist[0]["loss/value_avg"]
 
 
 # ---------------------------------------------------------------- inputs train_ppo would misread
@@ -187,3 +197,35 @@ def test_rewards_that_are_not_numbers_are_refused(tiny, rewards, says):
     with pytest.raises(TypeError, match=says):
         train_ppo(policy, ["hi"], cfg, tok, lambda texts, finished: rewards, ref)
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
+
+
+# ---------------------------------------------------------------- the clipped value loss and its clip fraction
+
+
+def _old_clipped_value(values, old_values, clip):  # the form that rounded: V_old + clamp(V - V_old, ±ε)
+    return old_values + (values - old_values).clamp(-clip, clip)
+
+
+def test_value_clip_fraction_counts_only_real_clips():
+    t = torch.tensor
+    values, old_values, returns = t([0.0005], dtype=torch.float64), t([0.5], dtype=torch.float64), t([0.0]).double()
+    mask = torch.ones(1)
+    # ε = 1: |V - V_old| = 0.4995 < ε, nothing can clip; the old form rounded and reported a clip
+    assert (_old_clipped_value(values, old_values, 1.0) - returns) ** 2 > (values - returns) ** 2
+    loss, clipfrac = ppo_value_loss(values, old_values, returns, mask, 1.0)
+    assert clipfrac.item() == 0.0 and loss.item() == 0.5 * 0.0005**2
+    # float32, |V| ≤ 0.01, V_old in [0, 0.2], ε = 0.2 (the setting that logged 0.43): no value moved 0.2, none clips
+    g = torch.Generator().manual_seed(0)
+    values = (torch.rand(4096, generator=g) - 0.5) * 0.02
+    old_values, returns = torch.rand(4096, generator=g) * 0.2, torch.zeros(4096)  # a fresh critic: V ≈ R ≈ 0
+    ones = torch.ones(4096)
+    assert ppo_value_loss(values, old_values, returns, ones, 0.2)[1].item() == 0.0
+    old = ((_old_clipped_value(values, old_values, 0.2) - returns) ** 2 > (values - returns) ** 2).float().mean()
+    assert old > 0.3  # what the old form counted
+    # where V left the band and the clipped term is larger, it counts; exactly those
+    values, returns = old_values + torch.randn(4096, generator=g), torch.randn(4096, generator=g)
+    moved = (values - old_values).abs() > 0.2
+    clipped = torch.clamp(values, old_values - 0.2, old_values + 0.2)
+    expected = (moved & ((clipped - returns) ** 2 > (values - returns) ** 2)).float().mean()
+    assert 0.1 < expected < 0.9
+    assert ppo_value_loss(values, old_values, returns, ones, 0.2)[1].item() == pytest.approx(expected.item(), abs=0)

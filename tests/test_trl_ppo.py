@@ -190,11 +190,13 @@ def test_train_ppo_equals_trl19(setup, monkeypatch):
     # the scores (before the missing-EOS penalty), the raw GAE advantages and the whitened ones, every iteration
     for key, tol in [("scores", 1e-5), ("advantages", 1e-4), ("whitened", 1e-4)]:
         assert len(got[key]) == len(trl[key]) == CONFIG["steps"], key
-        for a, b in zip(got[key], trl[key]):
-            mask = (
-                a != 0 if key == "whitened" else torch.ones_like(b, dtype=torch.bool)
-            )  # TRL zeroes padded slots later
+        for a, b, m in zip(got[key], trl[key], trl["masks"]):
+            # TRL whitens over its own response mask and zeroes the padded slots later: compare where its mask is 1
+            mask = m.bool() if key == "whitened" else torch.ones_like(b, dtype=torch.bool)
+            assert mask.any() and mask.shape == a.shape, key
             torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=tol, msg=key)
+            if key == "whitened":
+                assert (a[~mask] == 0).all(), "ours are zero outside the response"
     # the logged objective and losses
     for ours, theirs in [
         ("objective/kl", "objective/kl"),

@@ -30,7 +30,7 @@ reward_model = AutoModelForSequenceClassification.from_pretrained(d["reward"], n
 value_model = AutoModelForSequenceClassification.from_pretrained(d["value"], num_labels=1)
 
 batches, permutations = iter(setup["responses"]), iter(setup["permutations"])
-captured = dict(scores=[], advantages=[], whitened=[])
+captured = dict(scores=[], advantages=[], whitened=[], masks=[])
 
 
 def fixed_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
@@ -56,6 +56,7 @@ def recording_whiten(values, mask, shift_mean=True):
     out = whiten(values, mask, shift_mean)
     captured["advantages"].append(values.clone())
     captured["whitened"].append(out.clone())
+    captured["masks"].append(mask.clone())  # TRL's own response mask: where its advantages count
     return out
 
 
