@@ -345,7 +345,7 @@ def bench_policy(name=None, seed: int = 0):
 EVAL_SEED = 10_000  # one sampling stream for every evaluation: policies are compared on the same draws
 
 
-def gold_evaluate(policy, n_pairs: int, name=None, per_prompt: int = 2, bench: dict | None = None) -> dict:
+def gold_evaluate(policy, n_pairs: int, name=None, per_prompt: int = 1, bench: dict | None = None) -> dict:
     """`policy`'s replies to the 36 held-out prompts (`per_prompt` each): per reply its gold, the score of the proxy
     trained on `n_pairs` pairs, its KL to the base model, whether it ended, its length, its text."""
     b = {**BENCH, **(bench or {})}
@@ -358,7 +358,7 @@ def gold_evaluate(policy, n_pairs: int, name=None, per_prompt: int = 2, bench: d
     return {k: v for k, v in r.items() if k != "ids"}
 
 
-def gold_start(n_pairs: int, name=None, per_prompt: int = 2, bench: dict | None = None) -> dict:
+def gold_start(n_pairs: int, name=None, per_prompt: int = 1, bench: dict | None = None) -> dict:
     "`gold_evaluate` of the starting policy, with the proxy of `n_pairs` pairs (cached)."
     b = {**BENCH, **(bench or {})}
     key = dict(model=_model_identity(name), task=task_fingerprint(), n_pairs=n_pairs, per_prompt=per_prompt, bench=b)
@@ -403,7 +403,7 @@ def gold_ppo_run(
     seed: int = 0,
     name=None,
     eval_at=(5, 10),
-    eval_per_prompt: int = 2,
+    eval_per_prompt: int = 1,
     bench: dict | None = None,
     **settings,
 ) -> dict:
@@ -447,7 +447,7 @@ def dpo_rows(pairs: list[dict]) -> list[dict]:
 
 
 def gold_dpo_run(
-    n_pairs: int, seed: int = 0, name=None, per_prompt: int = 2, bench: dict | None = None, **settings
+    n_pairs: int, seed: int = 0, name=None, per_prompt: int = 1, bench: dict | None = None, **settings
 ) -> dict:
     """DPO (chapter 8) on the first `n_pairs` gold-labelled pairs, `BENCH_DPO` changed by `settings`; then its
     `gold_evaluate` (cached)."""
