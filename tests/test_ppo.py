@@ -229,3 +229,17 @@ def test_value_clip_fraction_counts_only_real_clips():
     expected = (moved & ((clipped - returns) ** 2 > (values - returns) ** 2)).float().mean()
     assert 0.1 < expected < 0.9
     assert ppo_value_loss(values, old_values, returns, ones, 0.2)[1].item() == pytest.approx(expected.item(), abs=0)
+
+
+def test_callback_joins_each_row(tiny):
+    policy, ref, tok = tiny
+    calls = []
+
+    def callback(step, model, roll):
+        calls.append((step, model is policy, roll["responses"].shape[0]))
+        return {"eval/seen": float(step)} if step == 2 else None
+
+    cfg = PPOSettings(steps=2, prompts_per_step=2, max_new_tokens=4, lr=1e-3)
+    hist = train_ppo(policy, ["hi", "Name a color:"], cfg, tok, _reward, ref, callback=callback)
+    assert calls == [(1, True, 2), (2, True, 2)]  # after every iteration, with the policy and its rollouts
+    assert "eval/seen" not in hist[0] and hist[1]["eval/seen"] == 2.0
