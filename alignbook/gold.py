@@ -433,7 +433,7 @@ def gold_ppo_run(
     return _cached("gold_runs", key, make)
 
 # %% ../nbs/08b_overoptimisation.ipynb #gdpo
-BENCH_DPO = dict(steps=100, batch_size=8, lr=5e-4, beta=0.1)  # one epoch over the 800 pairs
+BENCH_DPO = dict(steps=100, batch_size=8, lr=5e-3, beta=0.1)  # one epoch over the 800 pairs
 
 
 def dpo_rows(pairs: list[dict]) -> list[dict]:
