@@ -265,19 +265,29 @@ def proxy_accuracy(proxy, pairs: list[dict], tokenizer) -> dict:
     )
 
 # %% ../nbs/08b_overoptimisation.ipynb #gcache
-def _cached(kind: str, key: dict, make):
-    "`make()`'s JSON-able result, computed once and kept in the cache under a hash of `key`."
+def _cache_folder(kind: str, key: dict) -> tuple[Path, str]:
+    "Where the cache keeps what `key` identifies (a hash of it), and the key as text."
     blob = json.dumps(key, sort_keys=True, default=str)
-    folder = cache_dir() / kind / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    if (folder / CACHE_MARK).exists():
-        return json.loads((folder / "result.json").read_text())
-    result = make()
+    return cache_dir() / kind / hashlib.sha256(blob.encode()).hexdigest()[:16], blob
+
+
+def _publish(folder: Path, blob: str, write):
+    "`write(tmp)` fills a fresh folder beside `folder`; the mark goes in last, then it becomes `folder`."
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent))
-    (tmp / "result.json").write_text(json.dumps(result))
+    write(tmp)
     (tmp / CACHE_MARK).write_text(blob)  # written last: the folder is complete
     if not folder.exists():  # another process may have finished first
         tmp.rename(folder)
+
+
+def _cached(kind: str, key: dict, make):
+    "`make()`'s JSON-able result, computed once and kept in the cache under a hash of `key`."
+    folder, blob = _cache_folder(kind, key)
+    if (folder / CACHE_MARK).exists():
+        return json.loads((folder / "result.json").read_text())
+    result = make()
+    _publish(folder, blob, lambda tmp: (tmp / "result.json").write_text(json.dumps(result)))
     return result
 
 
@@ -316,8 +326,7 @@ def bench_proxy(n_pairs: int, name=None, seed: int = 0, bench: dict | None = Non
     "The proxy trained on the first `n_pairs` of the bench's training pairs (cached): model, tokenizer, fingerprint."
     pairs = bench_pairs("train", name, bench)[:n_pairs]
     key = dict(model=_model_identity(name), pairs=_pairs_hash(pairs), seed=seed, recipe=PROXY_RECIPE)
-    blob = json.dumps(key, sort_keys=True)
-    folder = cache_dir() / "gold_proxies" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    folder, blob = _cache_folder("gold_proxies", key)
     if (folder / CACHE_MARK).exists():
         model, tok = load_reward_model(name, seed=seed)
         model.load_state_dict(load_file(folder / "trained.safetensors"), strict=False)
@@ -325,12 +334,7 @@ def bench_proxy(n_pairs: int, name=None, seed: int = 0, bench: dict | None = Non
     model, tok, _ = train_proxy(pairs, name, seed)
     trained = tuple(top_layers(model, PROXY_RECIPE["trained_layers"]) + ["score."])
     weights = {n: p.contiguous() for n, p in model.named_parameters() if n.startswith(trained)}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
-    save_file(weights, tmp / "trained.safetensors")
-    (tmp / CACHE_MARK).write_text(blob)  # written last: the folder is complete
-    if not folder.exists():
-        tmp.rename(folder)
+    _publish(folder, blob, lambda tmp: save_file(weights, tmp / "trained.safetensors"))
     return model, tok, key
 
 
