@@ -13,7 +13,7 @@ CHECK = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "chec
 
 def test_every_notebook_is_in_the_sidebar():
     assert set(CHECK["notebooks"]()) == set(CHECK["sidebar_entries"]())
-    assert "09_pipeline.ipynb" in CHECK["sidebar_entries"]()
+    assert "10_pipeline.ipynb" in CHECK["sidebar_entries"]()
 
 
 def test_site_pages_hold_their_figures_and_equations():
