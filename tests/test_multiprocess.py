@@ -1,5 +1,5 @@
-"""Two CPU processes over gloo (torchrun) train exactly like one process with twice the batch; REINFORCE and PPO ranks
-stay in sync."""
+"""Two CPU processes over gloo (torchrun) train exactly like one process with twice the batch (GRPO: twice the prompts);
+REINFORCE, PPO and GRPO ranks stay in sync."""
 
 import json
 import os
@@ -45,10 +45,10 @@ def _max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("name", ["sft", "reward", "features", "dpo"])
+@pytest.mark.parametrize("name", ["sft", "reward", "features", "dpo", "grpo"])
 def test_two_processes_equal_one_with_twice_the_batch(outs, name):
     (h1, w1), (h2, w2), (hh, wh) = (_load(outs[k], name) for k in ("one", "two", "half"))
-    assert [r["step"] for r in h2] == [1, 2, 3]
+    assert [r["step"] for r in h2] == [r["step"] for r in h1] == list(range(1, 4 if name != "grpo" else 5))
     torch.testing.assert_close(
         torch.tensor([r["loss"] for r in h2]), torch.tensor([r["loss"] for r in h1]), rtol=0, atol=TOL
     )
@@ -57,7 +57,7 @@ def test_two_processes_equal_one_with_twice_the_batch(outs, name):
     assert _max_diff(wh, w1) > 100 * TOL  # the tolerance can fail: half the batch is another step
 
 
-@pytest.mark.parametrize("name", ["reinforce", "ppo"])
+@pytest.mark.parametrize("name", ["reinforce", "ppo", "grpo"])
 def test_sampling_trainers_keep_ranks_in_sync(outs, name):
     r0, r1 = (torch.load(outs["two"] / f"{name}_rank{r}.pt") for r in (0, 1))
     assert _max_diff(r0["weights"], r1["weights"]) == 0.0  # identical weights on both ranks

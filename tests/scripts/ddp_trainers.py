@@ -3,8 +3,8 @@ came out.
 
 python tests/scripts/ddp_trainers.py OUT BATCH        one process, BATCH rows per step
 torchrun --nproc_per_node 2 tests/scripts/ddp_trainers.py OUT BATCH   two processes, BATCH rows each
-Writes OUT/{sft,reward,features,dpo}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt and
-OUT/ppo_rank{R}.pt from each.
+Writes OUT/{sft,reward,features,dpo,grpo}_history.json and _weights.pt from the main process, OUT/reinforce_rank{R}.pt,
+OUT/ppo_rank{R}.pt and OUT/grpo_rank{R}.pt from each.
 """
 
 import json
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from alignbook.dpo import DPOSettings, train_dpo
+from alignbook.grpo import GRPOSettings, train_grpo
 from alignbook.lora import inject_lora
 from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.policy_gradient import ReinforceSettings, train_reinforce
@@ -89,6 +90,40 @@ pref = [
 torch.manual_seed(0)  # inject_lora draws A from the global generator: the same start in every run
 policy = inject_lora(load_model(TINY, device="cpu"), ["layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"], r=2)
 save("dpo", train_dpo(policy, pref, DPOSettings(steps=3, batch_size=batch, lr=1e-2, beta=0.5), tok), policy)
+
+
+# GRPO: answers fixed by the prompt and the batch number, so that any layout of processes samples the same; the KL term
+# to the reference (shared trunk), two steps on each batch; the dapo normaliser and the advantages span the processes
+def fixed_answers(model, input_ids, attention_mask, num_return_sequences, **kw):
+    fixed_answers.batch = getattr(fixed_answers, "batch", 0) + 1
+    rows = []
+    for prompt in input_ids.tolist():
+        g = torch.Generator().manual_seed(sum(prompt) * 31 + fixed_answers.batch)
+        for _ in range(num_return_sequences):
+            n = int(torch.randint(1, 7, (1,), generator=g))  # 6 tokens: cut off, else ended by EOS
+            rows.append((torch.randint(100, 4000, (n,), generator=g).tolist() + [tok.eos_token_id] * 6)[:6])
+    return torch.cat([input_ids.repeat_interleave(num_return_sequences, 0), torch.tensor(rows)], 1)
+
+
+grpo_prompts = [{"prompt": f"Name a {w}:", "topic": w} for w in "city shape tree bird song game color fruit".split()]
+policy = inject_lora(load_model(TINY, device="cpu"), ["layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"], r=2)
+cfg = GRPOSettings(
+    steps=4, prompts_per_step=batch, num_generations=3, max_new_tokens=6, lr=1e-2, beta=0.1, num_iterations=2
+)
+history = train_grpo(
+    policy,
+    grpo_prompts,
+    cfg,
+    tok,
+    lambda completions, topic, **kw: [len(c) / 10 + len(t) for c, t in zip(completions, topic)],
+    load_model(TINY, device="cpu").requires_grad_(False),
+    sample_fn=fixed_answers,
+)
+save("grpo", history, policy)
+torch.save(
+    dict(history=history, weights={n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}),
+    out / f"grpo_rank{rank}.pt",
+)
 
 # leave together: without this, a rank that exits while gloo's threads still run can abort ("terminate called ...")
 if torch.distributed.is_initialized():
