@@ -9,7 +9,7 @@ __all__ = ['ARITHMETIC_FAMILIES', 'QA_FRAME', 'HELD_OUT_SHARE', 'SCALE_REWARDS',
            'BENCH_FAMILIES', 'arithmetic_problem', 'arithmetic_problems', 'final_number', 'correctness_reward',
            'format_reward', 'nan_sample_std', 'group_advantages', 'weighted_rewards', 'clipped_token_loss',
            'clip_masks', 'kl_loss_term', 'aggregate_loss', 'GRPOSettings', 'grpo_problems', 'prompt_rows',
-           'prompt_texts', 'check_grpo_inputs', 'check_reward_values', 'grpo_rollout', 'grpo_rewards', 'agreed',
+           'prompt_texts', 'check_grpo_inputs', 'check_reward_values', 'grpo_rollout', 'grpo_rewards',
            'grpo_advantages', 'answer_logprobs', 'grpo_forward', 'grpo_loss', 'grpo_statistics', 'train_grpo',
            'pass_at_k', 'evaluate_answers', 'arithmetic_fingerprint', 'bench_grpo_policy', 'accuracy_summary',
            'grpo_bench_start', 'grpo_bench_run']
@@ -30,7 +30,7 @@ from .gold import _cached, bench_tokenizer
 from .lora import inject_lora
 from .models import load_model
 from .policy_gradient import check_reference, first_trainable_layer
-from .ppo import kl_estimate, ppo_rollout, response_hidden, response_logprobs, truncate_after_eos
+from .ppo import agreed, kl_estimate, ppo_rollout, response_hidden, response_logprobs, truncate_after_eos
 from .reward import _model_identity, trunk_states
 from .sampling import generate
 
@@ -398,21 +398,6 @@ def grpo_rewards(roll: dict, rows: list[dict], reward_fns: list, tokenizer, step
         for fn in reward_fns
     ]
     return torch.stack(values, 1)
-
-# %% ../nbs/09_grpo.ipynb #ragreed
-def agreed(accelerator, compute):
-    "`compute()` on every process; if it raised on any, every process raises (none waits forever in a collective)."
-    try:
-        result, problem = compute(), None
-    except (TypeError, ValueError) as e:
-        result, problem = None, e
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(torch.tensor(float(problem is not None), device=accelerator.device), "sum")
-        if bad > 0 and problem is None:
-            raise ValueError("another process's reward function returned bad values (see its error)")
-    if problem is not None:
-        raise problem
-    return result
 
 # %% ../nbs/09_grpo.ipynb #rstageadv
 def grpo_advantages(

@@ -9,8 +9,8 @@ __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_
            'masked_mean', 'masked_whiten', 'ppo_policy_loss', 'ppo_value_loss', 'explained_variance',
            'adaptive_kl_coef', 'kl_horizon_problem', 'ValueHead', 'PolicyAndValue', 'response_hidden',
            'response_logprobs', 'policy_and_values', 'score_responses', 'PPOSettings', 'ppo_problems', 'check_prompts',
-           'check_ppo_inputs', 'agreed_rewards', 'ppo_rollout', 'ppo_scores', 'rollout_forward', 'ppo_advantages',
-           'ppo_minibatch_loss', 'ppo_update', 'ppo_statistics', 'ppo_log_row', 'train_ppo']
+           'check_ppo_inputs', 'agreed', 'agreed_rewards', 'ppo_rollout', 'ppo_scores', 'rollout_forward',
+           'ppo_advantages', 'ppo_minibatch_loss', 'ppo_update', 'ppo_statistics', 'ppo_log_row', 'train_ppo']
 
 # %% ../nbs/07_ppo.ipynb #f878acd0
 import inspect
@@ -388,19 +388,26 @@ def check_ppo_inputs(policy, prompts, cfg: PPOSettings, tokenizer, reward_fn, re
     return check_prompts(check_prompt_texts(prompts, "train_ppo"), tokenizer, cfg.max_prompt_length)
 
 # %% ../nbs/07_ppo.ipynb #493740ad
-def agreed_rewards(accelerator, scores, n: int) -> torch.Tensor:
-    "`check_rewards` on every process at once: if any process got bad rewards, all of them raise (none waits forever)."
+def agreed(accelerator, compute):
+    "`compute()` on every process; if it raised on any, every process raises (none waits forever in a collective)."
     try:
-        r, problem = check_rewards(scores.cpu() if torch.is_tensor(scores) else scores, n), None
-    except ValueError as e:
-        r, problem = None, e
+        result, problem = compute(), None
+    except (TypeError, ValueError) as e:
+        result, problem = None, e
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(torch.tensor(float(problem is not None), device=accelerator.device), "sum")
         if bad > 0 and problem is None:
             raise ValueError("another process's reward function returned bad rewards (see its error)")
     if problem is not None:
         raise problem
-    return r.to(accelerator.device)
+    return result
+
+
+def agreed_rewards(accelerator, scores, n: int) -> torch.Tensor:
+    "`check_rewards` on every process at once: if any process got bad rewards, all of them raise."
+    return agreed(accelerator, lambda: check_rewards(scores.cpu() if torch.is_tensor(scores) else scores, n)).to(
+        accelerator.device
+    )
 
 # %% ../nbs/07_ppo.ipynb #59a1c177
 def _critic(policy, value_model, reward_model):
