@@ -6,13 +6,14 @@ Docs: https://alignbook.github.io/alignbook/grpo.html.md"""
 
 # %% auto #0
 __all__ = ['ARITHMETIC_FAMILIES', 'QA_FRAME', 'HELD_OUT_SHARE', 'SCALE_REWARDS', 'LOSS_TYPES', 'EVAL_SEED', 'BENCH_GRPO',
-           'BENCH_FAMILIES', 'arithmetic_problem', 'arithmetic_problems', 'final_number', 'correctness_reward',
-           'format_reward', 'nan_sample_std', 'group_advantages', 'weighted_rewards', 'clipped_token_loss',
-           'clip_masks', 'kl_loss_term', 'aggregate_loss', 'GRPOSettings', 'grpo_problems', 'prompt_rows',
-           'prompt_texts', 'check_grpo_inputs', 'check_reward_values', 'grpo_rollout', 'grpo_rewards',
+           'BENCH_FAMILIES', 'BASELINE_TRAINERS', 'arithmetic_problem', 'arithmetic_problems', 'final_number',
+           'correctness_reward', 'format_reward', 'nan_sample_std', 'group_advantages', 'weighted_rewards',
+           'clipped_token_loss', 'clip_masks', 'kl_loss_term', 'aggregate_loss', 'GRPOSettings', 'grpo_problems',
+           'prompt_rows', 'prompt_texts', 'check_grpo_inputs', 'check_reward_values', 'grpo_rollout', 'grpo_rewards',
            'grpo_advantages', 'answer_logprobs', 'grpo_forward', 'grpo_loss', 'grpo_statistics', 'train_grpo',
            'pass_at_k', 'evaluate_answers', 'arithmetic_fingerprint', 'bench_grpo_policy', 'accuracy_summary',
-           'grpo_bench_start', 'grpo_bench_run']
+           'grpo_bench_start', 'grpo_bench_run', 'answer_reward_fn', 'training_minutes', 'baseline_settings',
+           'baseline_bench_run']
 
 # %% ../nbs/09_grpo.ipynb #rimp
 import hashlib
@@ -29,10 +30,13 @@ from tqdm.auto import tqdm
 from .gold import _cached, bench_tokenizer
 from .lora import inject_lora
 from .models import load_model
-from .policy_gradient import check_reference, first_trainable_layer
-from .ppo import agreed, kl_estimate, ppo_rollout, response_hidden, response_logprobs, truncate_after_eos
+from .policy_gradient import ReinforceSettings, check_reference, first_trainable_layer, train_reinforce
+from .ppo import PPOSettings, agreed, kl_estimate, ppo_rollout, response_hidden, response_logprobs, train_ppo
 from .reward import _model_identity, trunk_states
 from .sampling import generate
+
+# isort: split
+from .ppo import truncate_after_eos
 
 # isort: split
 from .training import TrainConfig, autocast, check_finite, check_pad_token, check_rows, log_row
@@ -642,5 +646,57 @@ def grpo_bench_run(seed: int = 0, name=None, eval_at=(10, 20), n: int = 16, **se
         minutes, policy = (time.perf_counter() - t0) / 60, policy.eval()
         sampled, greedy = (evaluate_answers(policy, tok, test, n, t, new) for t in (1.0, None))
         return dict(history=history, minutes=minutes, sampled=sampled, greedy=greedy)
+
+    return _cached("grpo_runs", key, make)
+
+# %% ../nbs/09_grpo.ipynb #rbase1
+def answer_reward_fn(rows: list[dict], tokenizer):
+    "Chapters 6 and 7's `reward_fn(texts, finished, prompts)` for `rows`: 1.0 for a right final number, else 0.0."
+    answers = dict(zip(prompt_texts(rows, tokenizer), (row["answer"] for row in rows)))
+    return lambda texts, finished, prompts: [
+        float(ok) for ok in correctness_reward(texts, [answers[p] for p in prompts])
+    ]
+
+
+def training_minutes(history: list[dict]) -> float:
+    "Minutes spent in a trainer's steps (each row's new tokens ÷ its tokens per second; evaluations left out)."
+    seen = [0, *(row["num_tokens"] for row in history)]
+    return sum((b - a) / row["tokens_per_second"] for a, b, row in zip(seen, seen[1:], history)) / 60
+
+# %% ../nbs/09_grpo.ipynb #rbase2
+BASELINE_TRAINERS = {"rloo": (train_reinforce, ReinforceSettings), "ppo": (train_ppo, PPOSettings)}
+
+
+def baseline_settings(method: str, seed: int = 0, **settings) -> dict:
+    """`BASELINE_TRAINERS[method]`'s settings on GRPO's bench: `BENCH_GRPO`'s problems and answers per step, steps,
+    answer length and learning rate, β = 0; the trainer's defaults otherwise (`settings` changes them)."""
+    if method not in BASELINE_TRAINERS:
+        raise ValueError(f"method must be one of {sorted(BASELINE_TRAINERS)}, got {method!r}")
+    g = BENCH_GRPO
+    cfg_kw = dict(steps=g["steps"], prompts_per_step=g["prompts_per_step"], samples_per_prompt=g["num_generations"])
+    return cfg_kw | dict(max_new_tokens=g["max_new_tokens"], lr=g["lr"], kl_coef=0.0, seed=seed) | settings
+
+
+def baseline_bench_run(method: str, seed: int = 0, name=None, eval_at=(10, 20), n: int = 16, **settings) -> dict:
+    """Chapter 6's RLOO (`train_reinforce`) or chapter 7's PPO (`train_ppo`) on GRPO's bench from the same policy,
+    with `baseline_settings`; evaluated as `grpo_bench_run` is (cached)."""
+    cfg_kw = baseline_settings(method, seed, **settings)
+    key = dict(model=_model_identity(name), task=arithmetic_fingerprint(), method=method, cfg=cfg_kw)
+    key |= dict(eval_at=list(eval_at), n=n)
+
+    def make():
+        trainer, settings_class = BASELINE_TRAINERS[method]
+        tok, policy, ref = bench_tokenizer(name), bench_grpo_policy(name, seed), load_model(name, device="cpu")
+        train, test = (arithmetic_problems(split, BENCH_FAMILIES) for split in ("train", "test"))
+        held_out = lambda step, model, batch: (
+            accuracy_summary(evaluate_answers(model, tok, test, 4, 1.0, cfg_kw["max_new_tokens"]), "eval/")
+            if step in eval_at
+            else None
+        )
+        cfg, reward_fn = settings_class(**cfg_kw), answer_reward_fn(train, tok)
+        history = trainer(policy, prompt_texts(train, tok), cfg, tok, reward_fn, ref, callback=held_out)
+        policy.eval()
+        sampled, greedy = (evaluate_answers(policy, tok, test, n, t, cfg_kw["max_new_tokens"]) for t in (1.0, None))
+        return dict(history=history, minutes=training_minutes(history), sampled=sampled, greedy=greedy)
 
     return _cached("grpo_runs", key, make)

@@ -13,7 +13,6 @@ __all__ = ['last_response_index', 'kl_estimate', 'per_token_rewards', 'truncate_
            'ppo_advantages', 'ppo_minibatch_loss', 'ppo_update', 'ppo_statistics', 'ppo_log_row', 'train_ppo']
 
 # %% ../nbs/07_ppo.ipynb #f878acd0
-import inspect
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .distributions import completion_mask_until_stop
-from .policy_gradient import check_reference, check_rewards, first_trainable_layer
+from .policy_gradient import check_reference, check_rewards, first_trainable_layer, reward_values
 from .reward import check_reward_model, reward_scores, top_hidden, trunk_states
 from .sampling import generate
 from .training import TrainConfig, add_metrics, autocast, check_finite, check_pad_token, check_prompt_texts
@@ -461,8 +460,7 @@ def ppo_scores(roll: dict, cfg: PPOSettings, accelerator, tokenizer, reward_fn=N
             scores = score_responses(reward_model, roll["input_ids"], roll["attention_mask"])
     else:
         texts, finished = tokenizer.batch_decode(roll["responses"], skip_special_tokens=True), roll["ended"].tolist()
-        wants_prompts = "prompts" in inspect.signature(reward_fn).parameters
-        scores = reward_fn(texts, finished, prompts=roll["prompts"]) if wants_prompts else reward_fn(texts, finished)
+        scores = reward_values(reward_fn, texts, finished, roll["prompts"])
     scores = agreed_rewards(accelerator, scores, len(roll["responses"]))
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * (~roll["ended"]).float()

@@ -178,3 +178,29 @@ def test_train_reinforce_is_the_same_with_and_without_the_shared_trunk():
     pd_close(log_a, log_b)
     for (n, a), b in zip(pol_a.named_parameters(), pol_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_train_reinforce_gives_each_response_its_prompt_and_calls_back():
+    tok, ref = load_tokenizer(TINY), _frozen(load_model(TINY, device="cpu"))
+    prompts = ["Hello", "Hi there", "Name a color"]
+    last = {p: tok(p)["input_ids"][-1] for p in prompts}
+    assert len(set(last.values())) == 3  # each prompt's echo is its own
+
+    def echo(model, input_ids, attention_mask, num_return_sequences, max_new_tokens, **kw):
+        "Each response repeats the last token of its (left-padded) prompt: the text says which prompt it answers."
+        ids = input_ids.repeat_interleave(num_return_sequences, 0)
+        return torch.cat([ids, ids[:, -1:].repeat(1, max_new_tokens)], 1)
+
+    seen = []
+
+    def reward(texts, finished, prompts):
+        seen.extend(zip(texts, prompts, strict=True))
+        return [1.0] * len(texts)
+
+    s = ReinforceSettings(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=3, kl_coef=0.0)
+    called = lambda step, policy, batch: {"called": step * 10, "responses": len(batch["texts"])} if step == 2 else None
+    log = train_reinforce(_policy(), prompts, s, tok, reward, ref, sample_fn=echo, callback=called)
+    assert len(seen) == 8  # 2 steps × 2 prompts × 2 responses
+    for text, prompt in seen:
+        assert text == tok.decode([last[prompt]] * 3), (text, prompt)
+    assert "called" not in log[0] and log[1]["called"] == 20 and log[1]["responses"] == 4
