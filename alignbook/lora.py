@@ -6,7 +6,8 @@ Docs: https://alignbook.github.io/alignbook/lora.html.md"""
 
 # %% auto #0
 __all__ = ['UNSUPPORTED', 'LoRALinear', 'delta_weight', 'merge', 'unmerge', 'lora_targets', 'inject_lora', 'remove_lora',
-           'lora_layers', 'count_trainable', 'copy_from_peft', 'save_lora', 'read_adapter_config', 'load_lora']
+           'lora_layers', 'merge_lora', 'count_trainable', 'copy_from_peft', 'save_lora', 'read_adapter_config',
+           'load_lora']
 
 # %% ../nbs/05_lora.ipynb #1ea87510
 import json
@@ -161,6 +162,19 @@ def remove_lora(model) -> nn.Module:
 def lora_layers(model) -> dict[str, LoRALinear]:
     "The model's LoRA layers by name."
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+# %% ../nbs/05_lora.ipynb #lmerge01
+def merge_lora(model) -> nn.Module:
+    """Fold every adapter's update into its base weight and put the base layers back (PEFT's `merge_and_unload`): a
+    plain model that computes what base + adapter computed, which `save_pretrained` writes as an ordinary checkpoint."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to merge (inject_lora or load_lora puts them in)")
+    for layer in layers.values():
+        if not layer.merged:
+            merge(layer)
+        layer.merged = False  # the update now belongs to the base weight: taking the adapter out keeps it
+    return remove_lora(model)
 
 # %% ../nbs/05_lora.ipynb #6f6ed3f7
 def count_trainable(model) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from alignbook.lora import (
     load_lora,
     lora_layers,
     merge,
+    merge_lora,
     save_lora,
     unmerge,
 )
@@ -64,6 +65,25 @@ def test_outputs_and_scaling_equal_peft(r, alpha, rs):
         for layer in lora_layers(ours).values():
             merge(layer)
         torch.testing.assert_close(ours(IDS).logits, theirs.merge_and_unload()(IDS).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "reward"])
+def test_merge_lora_equals_peft_merge_and_unload(kind):
+    "The same plain model: the same parameter names, the same merged weights (the reward head kept as trained)."
+    ours, theirs = pair(kind=kind)  # PEFT keeps a SEQ_CLS model's score head as a module to save
+    with torch.no_grad():
+        if kind == "reward":  # a trained head, not the one the base model starts with
+            theirs.base_model.model.score.modules_to_save["default"].weight.mul_(3)
+            copy_from_peft(ours, theirs)
+        mine, peft_merged = merge_lora(ours).state_dict(), theirs.merge_and_unload().state_dict()
+    assert not lora_layers(ours) and not any("lora_" in k for k in mine)
+    assert mine.keys() == peft_merged.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], peft_merged[k], rtol=0, atol=1e-6, msg=k)
+    untouched, q = load_model(TINY, kind=kind, device="cpu").state_dict(), "model.layers.0.self_attn.q_proj.weight"
+    assert (mine[q] - untouched[q]).abs().max() > 1e-3  # the update is in the weights
+    if kind == "reward":
+        torch.testing.assert_close(mine["score.weight"], 3 * untouched["score.weight"], rtol=0, atol=1e-6)
 
 
 def test_dropout_in_training_mode_equals_peft():

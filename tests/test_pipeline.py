@@ -21,6 +21,7 @@ from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.pipeline import (
     PipelineError,
     chat,
+    chat_compare,
     load_policy,
     load_scorer,
     run_pipeline,
@@ -236,6 +237,47 @@ def test_chat_streams_replies(tiny_run):
     assert r.returncode == 0 and r.stdout.count("bot> ") == 1, r.stderr[-2000:]
     r = _command("chat", "--adapter", str(tiny_run[0]), stdin="")
     assert r.returncode == 1 and "holds no adapter_config.json" in r.stderr
+
+
+def test_chat_compare_gives_each_policy_its_own_answer(tiny_run):
+    "Each answer is the one `chat` gives with that policy and seed: putting an adapter in and out again leaks nothing."
+    out, flags = tiny_run[0], dict(max_new_tokens=6, temperature=1.0, top_p=1.0, top_k=0)
+    said = chat_compare(out, stdin=io.StringIO("Name a color.\n"), stdout=io.StringIO(), seed=3, **flags)
+    assert list(said[0]["answers"]) == POLICIES
+    for i, (name, folder) in enumerate(zip(POLICIES, [None, "sft", "ppo", "dpo"])):
+        alone = chat(
+            out / folder if folder else None,
+            model=TINY,
+            stdin=io.StringIO("Name a color.\n"),
+            stdout=io.StringIO(),
+            seed=3 + i,
+            **flags,
+        )
+        assert said[0]["answers"][name] == alone[-1]["content"], name
+    assert len(set(said[0]["answers"].values())) > 1  # the policies differ, so the equality above can fail
+    r = _command("chat", "--compare", str(out), "--max-new-tokens", "4", stdin="Hi\n/exit\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert all(f"[{name}] " in r.stdout for name in POLICIES)
+    assert "To match it: --temperature 1 --top-p 1 --top-k 0 --max-new-tokens 8" in r.stdout
+    r = _command(
+        "chat",
+        "--compare",
+        str(out),
+        "--temperature",
+        "1",
+        "--top-p",
+        "1",
+        "--top-k",
+        "0",
+        "--max-new-tokens",
+        "8",
+        stdin="",
+    )
+    assert r.returncode == 0 and "sampling as the report evaluated" in r.stdout
+    r = _command("chat", "--compare", str(out / "ppo"), stdin="")
+    assert r.returncode == 1 and "holds no settings.json" in r.stderr
+    r = _command("chat", "--compare", str(out), "--adapter", str(out / "ppo"), stdin="")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
 
 
 def test_two_processes(tiny_run, tmp_path):
