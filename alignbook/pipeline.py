@@ -6,16 +6,16 @@ Docs: https://alignbook.github.io/alignbook/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['PPO_MINIBATCHES', 'PRESETS', 'TRAINER_SETTINGS', 'PIPELINE_FAMILIES', 'REPORT_SAMPLING', 'POLICY_FOLDERS', 'SHARED',
-           'STAGES', 'STAGE_FUNCTIONS', 'DONE', 'RUN_MARK', 'LOCK', 'EXPORT_DTYPES', 'TRUE', 'FALSE', 'CHAT_FLAGS',
-           'PipelineSettings', 'pipeline_problems', 'hh_subsets', 'settings_for', 'trainer_settings', 'hh_messages',
-           'assistant', 'pad_token_for', 'pipeline_tokenizers', 'pipeline_data', 'lora_targets_for',
+           'STAGES', 'STAGE_FUNCTIONS', 'DONE', 'RUN_MARK', 'LOCK', 'TRL_README', 'EXPORT_DTYPES', 'TRUE', 'FALSE',
+           'CHAT_FLAGS', 'PipelineSettings', 'pipeline_problems', 'hh_subsets', 'settings_for', 'trainer_settings',
+           'hh_messages', 'assistant', 'pad_token_for', 'pipeline_tokenizers', 'pipeline_data', 'lora_targets_for',
            'check_pipeline_model', 'new_policy', 'load_policy', 'save_adapter', 'score_replies', 'stage_sft',
            'stage_reward', 'load_scorer', 'stage_ppo', 'stage_dpo', 'answer_prompts', 'policy_table', 'stage_report',
            'stage_fingerprint', 'model_identity', 'stage_inputs', 'PipelineError', 'check_out_folder',
            'claim_run_folder', 'stage_files', 'outputs_digest', 'stage_damage', 'resume_verdict', 'run_pipeline',
-           'policy_markdown', 'reward_model_markdown', 'stages_markdown', 'run_metrics', 'write_report', 'StreamTo',
-           'adapter_base', 'chat_flag_problems', 'chat_settings', 'chat_reply', 'chat', 'chat_vs_report',
-           'compare_answers', 'chat_compare', 'export_model', 'add_chat_and_export', 'parser', 'main']
+           'policy_markdown', 'reward_model_markdown', 'stages_markdown', 'run_metrics', 'write_report', 'trl_recipes',
+           'write_trl_recipes', 'StreamTo', 'adapter_base', 'chat_flag_problems', 'chat_settings', 'chat_reply', 'chat',
+           'chat_vs_report', 'compare_answers', 'chat_compare', 'export_model', 'add_chat_and_export', 'parser', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #41022857
 import argparse
@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
@@ -54,7 +55,7 @@ from .reward import RewardSettings, cache_features, load_reward_model, pair_ids,
 from .reward import scores_from_features, train_reward, win_rate
 from .sampling import GenerationSettings, generate
 from .sft import SFTSettings, freeze_all_but, prepare_sft, top_layers, train_sft
-from .training import setting_types, type_problems
+from .training import setting_types, trl_arguments, type_problems
 
 # %% ../nbs/10_pipeline.ipynb #e6d0d429
 PPO_MINIBATCHES = PPOSettings.num_minibatches  # the pipeline keeps PPOSettings' default
@@ -915,6 +916,7 @@ def _run_stages(cfg, out: Path, force: bool, preset, state, device, say, t_start
         state.wait_for_everyone()
         say(f"{n}: {seconds:.1f} s")
     if main:
+        write_trl_recipes(cfg, data, out)
         write_report(out, ran, time.perf_counter() - t_start)
     state.wait_for_everyone()
     return json.loads((out / "metrics.json").read_text())
@@ -1065,6 +1067,60 @@ def write_report(out: Path, ran: dict | None = None, seconds: float | None = Non
         "```",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+# %% ../nbs/10_pipeline.ipynb #trlrec01
+def trl_recipes(cfg: PipelineSettings, data: dict, out: Path) -> dict[str, dict]:
+    """The SFT, reward and DPO stages as TRL 1.16 command-line configs (fields of `ScriptArguments`, the stage's TRL
+    config, `ModelConfig` and `DatasetMixtureConfig`), reading the stage's rows from `out/trl/STAGE.jsonl`."""
+    s, folder = trainer_settings(cfg), (Path(out) / "trl").resolve()
+    base = str(resolve_model(None)) if cfg.model is None else cfg.model  # the offline copy: TRL loads it offline
+    lora = dict(use_peft=True, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0)
+    lora["lora_target_modules"] = read_adapter_config(Path(out) / "sft")["target_modules"]  # the layers SFT trained
+
+    def recipe(name: str, **own) -> dict:
+        rows = [dict(path="json", data_files=str(folder / f"{name}.jsonl"), split="train")]
+        run = dict(output_dir=str(folder / f"{name}-out"), logging_steps=1, save_strategy="no", report_to="none")
+        return dict(model_name_or_path=base, datasets=rows, **run, **trl_arguments(s[name]), **own)
+
+    dpo = dict(beta=cfg.dpo_beta, loss_type=[s["dpo"].loss_type], max_length=cfg.dpo_max_length)
+    dpo |= dict(truncation_mode=s["dpo"].truncation, precompute_ref_log_probs=True)
+    return dict(
+        sft=recipe("sft", max_length=cfg.sft_max_length, completion_only_loss=True, **lora),
+        reward=recipe("reward", max_length=cfg.max_pair_tokens),
+        dpo=recipe("dpo", **dpo, **lora) | dict(model_name_or_path=str(folder / "sft-merged")),
+    )
+
+# %% ../nbs/10_pipeline.ipynb #trlrec02
+TRL_README = """# This run as TRL's recipe
+
+Each YAML holds one stage's settings in TRL 1.16's names; each JSONL the rows that stage trained on (TRL's formats).
+
+    alignbook export --adapter {out}/sft --out {trl}/sft-merged   # DPO starts from the SFT policy
+    trl sft --config {trl}/sft.yaml
+    trl reward --config {trl}/reward.yaml
+    trl dpo --config {trl}/dpo.yaml
+
+On many GPUs: `accelerate launch --config_file CONFIG.yaml $(which trl) sft --config {trl}/sft.yaml` (TRL ships
+DeepSpeed ZeRO and FSDP configs in trl/accelerate_configs). Where TRL's run is not alignbook's:
+
+- reward: TRL trains every weight; alignbook trains the top rm_layers and the head, on cached features.
+- dpo: TRL trains a new LoRA adapter on the merged SFT model; alignbook continues SFT's adapter. Both start at the
+  SFT policy, and it is the reference.
+- sft: TRL truncates a row longer than max_length; alignbook drops it (counted).
+- ppo: TRL 1.16 has no PPO trainer (it left TRL after 1.9; trl.experimental.ppo in TRL 1.9 is chapter 7's reference).
+- the rows are shuffled by TRL's seed, not alignbook's.
+"""
+
+
+def write_trl_recipes(cfg: PipelineSettings, data: dict, out: Path) -> Path:
+    "`trl_recipes` as `out/trl/STAGE.yaml`, each stage's rows as `STAGE.jsonl`, and how to run them (README.md)."
+    folder, rows = Path(out) / "trl", dict(sft=data["sft"], reward=data["pairs"], dpo=data["dpo"])
+    folder.mkdir(exist_ok=True)  # only these files are written: what else is in trl/ (an export) is left alone
+    for name, recipe in trl_recipes(cfg, data, out).items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[name]))
+    (folder / "README.md").write_text(TRL_README.format(out=Path(out).resolve(), trl=folder.resolve()))
+    return folder
 
 # %% ../nbs/10_pipeline.ipynb #7405036c
 class StreamTo(TextStreamer):

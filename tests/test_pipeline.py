@@ -13,8 +13,10 @@ import time
 
 import pytest
 import torch
+import trl
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trl import get_dataset
 
 from alignbook import pipeline
 from alignbook.models import TINY, load_model, load_tokenizer
@@ -278,6 +280,68 @@ def test_chat_compare_gives_each_policy_its_own_answer(tiny_run):
     assert r.returncode == 1 and "holds no settings.json" in r.stderr
     r = _command("chat", "--compare", str(out), "--adapter", str(out / "ppo"), stdin="")
     assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+STAGE_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig"}
+
+
+def _trl_recipe(out, stage, *changes):
+    "TRL's own parser (what `trl STAGE --config` runs) on the run's trl/STAGE.yaml, with command-line `changes`."
+    types = (trl.ScriptArguments, getattr(trl, STAGE_CONFIGS[stage]), trl.ModelConfig, trl.DatasetMixtureConfig)
+    return trl.TrlParser(types).parse_args_and_config(["--config", str(out / "trl" / f"{stage}.yaml"), *changes])
+
+
+def test_trl_recipes_hold_each_stages_settings_and_rows(tiny_run):
+    out, cfg = tiny_run[0], settings_for("tiny")
+    ours = pipeline.trainer_settings(cfg)
+    targets = json.loads((out / "sft" / "adapter_config.json").read_text())["target_modules"]
+    for stage in STAGE_CONFIGS:
+        _, args, model, data = _trl_recipe(out, stage)
+        s = ours[stage]
+        got = (args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate)
+        assert got == (s.steps, s.batch_size, s.grad_accum_steps, s.lr), stage
+        assert (args.lr_scheduler_type.value, args.warmup_steps, args.weight_decay) == ("constant", 0, 0.0)
+        assert (args.max_grad_norm, args.seed, args.bf16, args.optim.value) == (1.0, cfg.seed, False, "adamw_torch")
+        rows = get_dataset(data)["train"]
+        assert len(rows) == cfg.pairs
+        assert set(rows.column_names) == {"sft": {"prompt", "completion"}}.get(stage, {"prompt", "chosen", "rejected"})
+        if stage == "reward":  # chapter 4's reward model trains its top layers, not an adapter
+            assert not model.use_peft
+        else:
+            lora = (model.use_peft, model.lora_r, model.lora_alpha, model.lora_dropout, model.lora_target_modules)
+            assert lora == (True, cfg.lora_r, 2 * cfg.lora_r, 0.0, targets)
+    _, sft, _, _ = _trl_recipe(out, "sft")
+    assert (sft.max_length, sft.completion_only_loss) == (cfg.sft_max_length, True)
+    _, dpo, dpo_model, _ = _trl_recipe(out, "dpo")
+    assert (dpo.beta, dpo.loss_type, dpo.max_length, dpo.precompute_ref_log_probs) == (
+        cfg.dpo_beta,
+        ["sigmoid"],
+        cfg.dpo_max_length,
+        True,
+    )
+    assert dpo_model.model_name_or_path == str((out / "trl" / "sft-merged").resolve())
+    assert "trl dpo --config" in (out / "trl" / "README.md").read_text()
+
+
+def test_trl_runs_the_recipes(tiny_run, tmp_path):
+    "TRL's own SFT and DPO scripts run the recipes (one step each); DPO starts from the SFT policy alignbook exported."
+    from trl.scripts import dpo, sft
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)  # the run folder is moved: its recipes are written again where it now is
+    run_pipeline(settings_for("tiny"), run, preset="tiny", **QUIET)
+    checkpoint = tmp_path / "tiny-checkpoint"  # the tiny model is alignbook's own name: TRL loads a folder
+    load_model(TINY, device="cpu").save_pretrained(checkpoint)
+    load_tokenizer(TINY).save_pretrained(checkpoint)
+    steps = ["--max_steps", "1", "--use_cpu", "true"]
+    sft.main(*_trl_recipe(run, "sft", "--model_name_or_path", str(checkpoint), *steps))
+    assert (run / "trl" / "sft-out" / "adapter_model.safetensors").exists()
+    (run / "trl" / "sft-merged").mkdir()
+    assert pipeline.main(["export", "--adapter", str(run / "sft"), "--out", str(run / "trl" / "sft-merged")]) == 0
+    dpo.main(*_trl_recipe(run, "dpo", *steps))
+    assert (run / "trl" / "dpo-out" / "adapter_model.safetensors").exists()
+    run_pipeline(settings_for("tiny"), run, preset="tiny", **QUIET)  # writing the recipes again keeps what TRL made
+    assert (run / "trl" / "sft-merged" / "config.json").exists() and (run / "trl" / "dpo-out").is_dir()
 
 
 def test_two_processes(tiny_run, tmp_path):
