@@ -36,7 +36,7 @@ from .training import TrainConfig, add_metrics, check_finite, check_rows, log_ro
 from .training import optimizer_step, order_for, prepare, reduce_metrics, rows_for_step, trainable_parameters
 
 # isort: split
-from .training import training_mode
+from .training import History, training_mode
 
 # %% ../nbs/08_dpo.ipynb #af880162
 def common_prefix_length(a: list, b: list) -> int:
@@ -445,7 +445,7 @@ def train_dpo(
         data = precompute_reference(policy, data, pad, ref, cfg.batch_size * 2, cfg.max_length, cfg.truncation)
         precomputed = True
     opt, sched = make_optimizer(params, cfg)
-    order, history, seen = order_for(len(data), cfg.seed), [], 0
+    order, history, seen = order_for(len(data), cfg.seed), History(cfg, "dpo"), 0
     n_pairs = cfg.batch_size * world * cfg.grad_accum_steps  # pairs per optimizer step, every process
     with training_mode(policy):
         for step in tqdm(range(1, cfg.steps + 1), desc="DPO", disable=not accelerator.is_main_process):
@@ -466,4 +466,4 @@ def train_dpo(
             epoch, seconds = step * n_pairs / len(data), time.perf_counter() - t0
             row = log_row(step, epoch, totals["loss"].item() / n_pairs, lr, grad_norm, seen, seconds, tokens)
             history.append(row | {k: totals[k].item() / n_pairs for k in METRIC_NAMES})
-    return history
+    return history.close()

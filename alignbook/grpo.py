@@ -45,7 +45,7 @@ from .training import TrainConfig, autocast, check_finite, check_pad_token, chec
 from .training import make_optimizer, optimizer_step, order_for, prepare, reduce_metrics, sampling_generator
 
 # isort: split
-from .training import trainable_parameters, training_mode, unwrap
+from .training import History, trainable_parameters, training_mode, unwrap
 
 # %% ../nbs/09_grpo.ipynb #rfamilies
 ARITHMETIC_FAMILIES = {  # family: (its problems (a, b), the answer, the question)
@@ -507,7 +507,8 @@ def train_grpo(
     first_layer = first_trainable_layer(policy, policy if ref is None else ref) if cfg.shared_trunk else None
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    (opt, sched), order, history, seen = make_optimizer(params, cfg), order_for(len(rows), cfg.seed), [], 0
+    (opt, sched), order, seen = make_optimizer(params, cfg), order_for(len(rows), cfg.seed), 0
+    history = History(cfg, "grpo")
     with training_mode(policy, tokenizer, padding_side="left"):
         policy.eval()  # no dropout: ρ = 1 exactly before the first update
         for step in tqdm(range(1, cfg.steps + 1), desc="GRPO", disable=not accelerator.is_main_process):
@@ -535,7 +536,7 @@ def train_grpo(
             )
             history.append(row | reward_stats | stats | {"generation_seconds": t_gen})
             history[-1] |= (callback(step, policy, roll) or {}) if callback else {}
-    return history
+    return history.close()
 
 # %% ../nbs/09_grpo.ipynb #rpassk
 def pass_at_k(n: int, c: int, k: int) -> float:

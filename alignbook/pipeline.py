@@ -71,6 +71,7 @@ class PipelineSettings:
     device: str | None = None  # None: accelerate's device for this process (a GPU when one is visible)
     bf16: bool = False  # bfloat16 autocast in every trainer (weights stay float32)
     seed: int = 0  # seeds the split's shuffle, the adapters, every trainer and the evaluation's sampling
+    report_to: str = "none"  # 'tensorboard': each stage's trainers write their histories to STAGE/tensorboard/
     subsets: str = "helpful-base"  # hh-rlhf subsets, comma-separated
     test_size: float = 0.2  # share of hh-rlhf's prompts held out
     max_pair_tokens: int = 128  # keep the pairs whose two dialogues fit this many tokens (hh-rlhf's text format)
@@ -245,14 +246,15 @@ TRAINER_SETTINGS = {  # stage: (its trainer's settings class, {its field: the pi
 }
 
 # %% ../nbs/10_pipeline.ipynb #22b565f6
-def trainer_settings(cfg: PipelineSettings) -> dict:
+def trainer_settings(cfg: PipelineSettings, logging_dir: Path | None = None) -> dict:
     """The four trainers' settings (chapters 3, 4, 7, 8's dataclasses), checked now rather than when their stage
-    starts; a refusal names the pipeline's settings, not the trainer's fields."""
+    starts; a refusal names the pipeline's settings, not the trainer's fields. `logging_dir`: where a tracker writes."""
     out = {}
     for stage, (cls, names, fixed) in TRAINER_SETTINGS.items():
-        names = dict(names, seed="seed", bf16="bf16")
+        names = dict(names, seed="seed", bf16="bf16", report_to="report_to")
         try:
-            out[stage] = cls(**{field: getattr(cfg, name) for field, name in names.items()}, **fixed)
+            tracked = dict(logging_dir=None if logging_dir is None else str(logging_dir))
+            out[stage] = cls(**{field: getattr(cfg, name) for field, name in names.items()}, **fixed, **tracked)
         except ValueError as e:
             words = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
             message = words.sub(lambda m: names[m.group(1)], str(e).removeprefix(f"{cls.__name__}: "))
@@ -414,7 +416,7 @@ def stage_sft(cfg, data, folder, out, device, tok, rtok) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rows over sft_max_length: counted below
         rows = prepare_sft(data["sft"], tok, max_length=cfg.sft_max_length)
-    history = train_sft(policy, rows, trainer_settings(cfg)["sft"], tok)
+    history = train_sft(policy, rows, trainer_settings(cfg, folder / "tensorboard")["sft"], tok)
     save_adapter(policy, folder, cfg)
     _save_json(history, folder / "history.json")
     return dict(
@@ -425,11 +427,11 @@ def stage_sft(cfg, data, folder, out, device, tok, rtok) -> dict:
     )
 
 # %% ../nbs/10_pipeline.ipynb #7ade0aba
-def _train_scorer(cfg, feats, test_feats, pad_token, device):
+def _train_scorer(cfg, feats, test_feats, pad_token, device, logging_dir: Path):
     "A reward model trained on cached features, and its held-out accuracy with a 95 % interval."
     model, _ = load_reward_model(cfg.model, pad_token=pad_token, seed=cfg.seed, device=device)
     freeze_all_but(model, top_layers(model, cfg.rm_layers) + ["score."])
-    history = train_reward(model, feats, trainer_settings(cfg)["reward"])
+    history = train_reward(model, feats, trainer_settings(cfg, logging_dir)["reward"])
     model.eval()
     with torch.no_grad():
         chosen, rejected = (
@@ -456,7 +458,9 @@ def stage_reward(cfg, data, folder, out, device, tok, rtok) -> dict:
     lengths = [torch.tensor([len(p[s]) for p in token_pairs["test_pairs"]]) for s in ("chosen_ids", "rejected_ids")]
     metrics = dict(held_out_pairs=len(feats["test_pairs"]), longer_wins=win_rate(*lengths))
     for name, key in (("reward_model", "pairs"), ("judge", "judge_pairs")):
-        model, history, accuracy = _train_scorer(cfg, feats[key], feats["test_pairs"], rtok.pad_token, device)
+        model, history, accuracy = _train_scorer(
+            cfg, feats[key], feats["test_pairs"], rtok.pad_token, device, folder / "tensorboard" / name
+        )
         if PartialState().is_main_process:
             model.save_pretrained(folder / name)
             rtok.save_pretrained(folder / name)
@@ -484,7 +488,7 @@ def stage_ppo(cfg, data, folder, out, device, tok, rtok) -> dict:
     def reward_fn(texts, finished, prompts):
         return score_replies(rm, rm_tok, [hh_of[p] for p in prompts], texts, finished)
 
-    history = train_ppo(policy, list(hh_of), trainer_settings(cfg)["ppo"], tok, reward_fn, ref)
+    history = train_ppo(policy, list(hh_of), trainer_settings(cfg, folder / "tensorboard")["ppo"], tok, reward_fn, ref)
     save_adapter(policy, folder, cfg)
     _save_json(history, folder / "history.json")
     return dict(
@@ -499,7 +503,7 @@ def stage_dpo(cfg, data, folder, out, device, tok, rtok) -> dict:
     "DPO from the SFT policy on the reward model's training pairs, the SFT policy as the reference."
     policy = load_policy(cfg, out / "sft", device)
     ref = load_policy(cfg, out / "sft", device, trainable=False)
-    history = train_dpo(policy, data["dpo"], trainer_settings(cfg)["dpo"], tok, ref=ref)
+    history = train_dpo(policy, data["dpo"], trainer_settings(cfg, folder / "tensorboard")["dpo"], tok, ref=ref)
     save_adapter(policy, folder, cfg)
     _save_json(history, folder / "history.json")
     return dict(
@@ -765,7 +769,8 @@ def stage_files(folder: Path) -> dict:
 
 def outputs_digest(files: dict) -> str:
     "A hash of what later stages read from a stage: its files (`stage_files`), less its training logs (timings)."
-    kept = {k: v for k, v in files.items() if not k.endswith("history.json")}
+    logs = lambda name: name.endswith("history.json") or name.startswith("tensorboard/")
+    kept = {k: v for k, v in files.items() if not logs(k)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 # %% ../nbs/10_pipeline.ipynb #1ac8910d
@@ -1079,7 +1084,7 @@ def trl_recipes(cfg: PipelineSettings, data: dict, out: Path) -> dict[str, dict]
 
     def recipe(name: str, **own) -> dict:
         rows = [dict(path="json", data_files=str(folder / f"{name}.jsonl"), split="train")]
-        run = dict(output_dir=str(folder / f"{name}-out"), logging_steps=1, save_strategy="no", report_to="none")
+        run = dict(output_dir=str(folder / f"{name}-out"), logging_steps=1, save_strategy="no")
         return dict(model_name_or_path=base, datasets=rows, **run, **trl_arguments(s[name]), **own)
 
     dpo = dict(beta=cfg.dpo_beta, loss_type=[s["dpo"].loss_type], max_length=cfg.dpo_max_length)

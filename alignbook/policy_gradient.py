@@ -29,7 +29,7 @@ from .training import TrainConfig, check_finite, check_pad_token, check_prompt_t
 from .training import optimizer_step, prepare, reduce_metrics, sampling_generator, trainable_parameters
 
 # isort: split
-from .training import training_mode, unwrap
+from .training import History, training_mode, unwrap
 
 # %% ../nbs/06_log_derivative.ipynb #e7ad8726
 def check_rewards(rewards, n: int) -> torch.Tensor:
@@ -303,7 +303,7 @@ def train_reinforce(
     accelerator, wrapped = prepare(policy)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     opt, sched = make_optimizer(params, cfg)
-    pick, history, seen, n = torch.Generator().manual_seed(cfg.seed), [], 0, cfg.prompts_per_step
+    pick, history, seen, n = torch.Generator().manual_seed(cfg.seed), History(cfg, "reinforce"), 0, cfg.prompts_per_step
     with training_mode(policy, tokenizer, padding_side="left"):
         for step in tqdm(range(1, cfg.steps + 1), desc="REINFORCE", disable=not accelerator.is_main_process):
             t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
@@ -337,7 +337,7 @@ def train_reinforce(
             row["kl"] = (stats["kl_per_response"] / stats["completions/mean_length"]).item()  # nats per token
             history.append(row | {name: value.item() for name, value in stats.items()})
             history[-1] |= (callback(step, policy, batch) or {}) if callback else {}
-    return history
+    return history.close()
 
 # %% ../nbs/06_log_derivative.ipynb #d3b0236a
 def clipped_surrogate(

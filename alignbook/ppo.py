@@ -32,7 +32,7 @@ from .training import TrainConfig, add_metrics, autocast, check_finite, check_pa
 from .training import log_row, lr_factor, prepare, reduce_metrics, sampling_generator, trainable_parameters
 
 # isort: split
-from .training import training_mode, unwrap
+from .training import History, training_mode, unwrap
 
 # %% ../nbs/07_ppo.ipynb #94477785
 def last_response_index(mask: torch.Tensor) -> torch.Tensor:
@@ -640,7 +640,7 @@ def train_ppo(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(cfg, t))  # stepped once per iteration
     pick, shuffle = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    n, beta, history, seen = cfg.prompts_per_step, cfg.kl_coef, [], 0
+    n, beta, history, seen = cfg.prompts_per_step, cfg.kl_coef, History(cfg, "ppo"), 0
     with training_mode(pv, tokenizer, padding_side="left"):
         pv.eval()  # no dropout anywhere: the ratio π/π_old must be exactly 1 before the first update
         for step in tqdm(range(1, cfg.steps + 1), desc="PPO", disable=not accelerator.is_main_process):
@@ -668,4 +668,4 @@ def train_ppo(
             if cfg.kl_target is not None:  # adapt β to the KL target (Ziegler et al. 2019)
                 samples = n * cfg.samples_per_prompt * world
                 beta = adaptive_kl_coef(beta, stats["objective/kl"].item(), cfg.kl_target, samples, cfg.kl_horizon)
-    return history
+    return history.close()

@@ -37,7 +37,7 @@ from .training import TrainConfig, add_metrics, check_finite, check_rows, log_ro
 from .training import optimizer_step, order_for, prepare, reduce_metrics, rows_for_step, trainable_parameters
 
 # isort: split
-from .training import training_mode
+from .training import History, training_mode
 
 # %% ../nbs/04_reward_modeling.ipynb #89bc91ee
 def simulate_comparisons(
@@ -422,7 +422,7 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
     accelerator, wrapped = prepare(model)
     rank, world = accelerator.process_index, accelerator.num_processes
     opt, sched = make_optimizer(params, cfg)
-    order, history, seen = order_for(len(data), cfg.seed), [], 0
+    order, history, seen = order_for(len(data), cfg.seed), History(cfg, "reward"), 0
     n_pairs = cfg.batch_size * world * cfg.grad_accum_steps  # pairs per optimizer step, every process
     with training_mode(model):
         for step in tqdm(range(1, cfg.steps + 1), desc="reward model", disable=not accelerator.is_main_process):
@@ -442,7 +442,7 @@ def train_reward(model, data, cfg: RewardSettings | None = None, tokenizer=None)
             epoch, seconds = step * n_pairs / len(data), time.perf_counter() - t0
             row = log_row(step, epoch, mean["loss"], lr, grad_norm, seen, seconds, tokens)
             history.append(row | dict(accuracy=mean["wins"], margin=mean["margin"], mean_reward=mean["reward"]))
-    return history
+    return history.close()
 
 # %% ../nbs/04_reward_modeling.ipynb #7b4bc5d8
 REWARD_RECIPE = dict(

@@ -32,7 +32,7 @@ from .training import TrainConfig, add_metrics, check_finite, check_pad_token, c
 from .training import make_optimizer, micro_batch, optimizer_step, order_for, prepare, reduce_metrics
 
 # isort: split
-from .training import rows_for_step, trainable_parameters, training_mode
+from .training import History, rows_for_step, trainable_parameters, training_mode
 
 # %% ../nbs/03_instruction_tuning.ipynb #3e181cd6
 ALPACA_WITH_INPUT = (
@@ -338,7 +338,7 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
     accelerator, wrapped = prepare(model)
     rank, world = accelerator.process_index, accelerator.num_processes
     opt, sched = make_optimizer(params, cfg)
-    order, history, seen = order_for(len(rows), cfg.seed), [], 0
+    order, history, seen = order_for(len(rows), cfg.seed), History(cfg, "sft"), 0
     with training_mode(model):
         for step in tqdm(range(1, cfg.steps + 1), desc="SFT", disable=not accelerator.is_main_process):
             t0, lr, totals = time.perf_counter(), opt.param_groups[0]["lr"], {}
@@ -361,7 +361,7 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
                 row["eval_loss"] = completion_loss(model, eval_rows, tokenizer.pad_token_id)
                 model.train()
             history.append(row)
-    return history
+    return history.close()
 
 # %% ../nbs/03_instruction_tuning.ipynb #b4ba3aec
 NAMES = (

@@ -147,6 +147,7 @@ def test_fingerprints_follow_what_each_stage_reads():
     assert changed(max_new_tokens=9) == {"ppo", "report"}
     assert changed(pairs=17) == set(pipeline.STAGES)
     assert changed(device="cpu") == set()
+    assert changed(report_to="tensorboard") == set()  # tracking changes no result: --force logs the stages done
 
 
 def test_a_stage_failing_halfway_keeps_the_others(tmp_path, monkeypatch):
@@ -342,6 +343,28 @@ def test_trl_runs_the_recipes(tiny_run, tmp_path):
     assert (run / "trl" / "dpo-out" / "adapter_model.safetensors").exists()
     run_pipeline(settings_for("tiny"), run, preset="tiny", **QUIET)  # writing the recipes again keeps what TRL made
     assert (run / "trl" / "sft-merged" / "config.json").exists() and (run / "trl" / "dpo-out").is_dir()
+
+
+def test_report_to_tensorboard_logs_every_trainer(tmp_path):
+    "--set report_to=tensorboard: one TensorBoard run per trainer in its stage's folder, holding its history."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tracked"
+    r = _command("pipeline", "--preset", "tiny", "--out", str(out), "--set", "report_to=tensorboard")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = {  # the TensorBoard run's folder: the history the stage saved
+        "sft/tensorboard": "sft/history.json",
+        "reward/tensorboard/reward_model": "reward/reward_model_history.json",
+        "reward/tensorboard/judge": "reward/judge_history.json",
+        "ppo/tensorboard": "ppo/history.json",
+        "dpo/tensorboard": "dpo/history.json",
+    }
+    for run, saved in runs.items():
+        events, history = EventAccumulator(str(out / run)), json.loads((out / saved).read_text())
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss")] == [row["step"] for row in history], run
+        assert [e.value for e in events.Scalars("loss")] == pytest.approx([row["loss"] for row in history], rel=1e-6)
+    assert "objective/kl" in EventAccumulator(str(out / "ppo" / "tensorboard")).Reload().Tags()["scalars"]
 
 
 def test_two_processes(tiny_run, tmp_path):

@@ -1,6 +1,7 @@
 """Score-function estimators against exact gradients; baselines; the clipped surrogate; bad rewards refused before
 updating."""
 
+import json
 import math
 
 import pandas as pd
@@ -204,3 +205,26 @@ def test_train_reinforce_gives_each_response_its_prompt_and_calls_back():
     for text, prompt in seen:
         assert text == tok.decode([last[prompt]] * 3), (text, prompt)
     assert "called" not in log[0] and log[1]["called"] == 20 and log[1]["responses"] == 4
+
+
+def test_report_to_tensorboard_writes_each_row_with_what_the_callback_added(tmp_path):
+    "Tracking for library users: every number of every row, the callback's too (it adds to a row once logged)."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tok, ref = load_tokenizer(TINY), _frozen(load_model(TINY, device="cpu"))
+    s = ReinforceSettings(
+        steps=3,
+        prompts_per_step=2,
+        samples_per_prompt=2,
+        max_new_tokens=3,
+        report_to="tensorboard",
+        logging_dir=str(tmp_path / "reinforce"),
+    )
+    called = lambda step, policy, batch: {"eval/score": step / 10}
+    log = train_reinforce(_policy(), ["Hello", "Hi there"], s, tok, lambda t, f: [1.0] * len(t), ref, callback=called)
+    events = EventAccumulator(str(tmp_path / "reinforce"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("eval/score")] == pytest.approx([0.1, 0.2, 0.3])
+    for name in ("loss", "kl", "reward"):
+        assert [e.value for e in events.Scalars(name)] == pytest.approx([row[name] for row in log], rel=1e-6), name
+    assert type(log) is not list and json.loads(json.dumps(log)) == list(log)  # a History, and still a list of rows
