@@ -13,9 +13,11 @@ __all__ = ['PPO_MINIBATCHES', 'PRESETS', 'TRAINER_SETTINGS', 'PIPELINE_FAMILIES'
            'stage_reward', 'load_scorer', 'stage_ppo', 'stage_dpo', 'answer_prompts', 'policy_table', 'stage_report',
            'stage_fingerprint', 'model_identity', 'stage_inputs', 'PipelineError', 'check_out_folder',
            'claim_run_folder', 'stage_files', 'outputs_digest', 'stage_damage', 'resume_verdict', 'run_pipeline',
-           'policy_markdown', 'reward_model_markdown', 'stages_markdown', 'run_metrics', 'write_report', 'trl_recipes',
-           'write_trl_recipes', 'StreamTo', 'adapter_base', 'chat_flag_problems', 'chat_settings', 'chat_reply', 'chat',
-           'chat_vs_report', 'compare_answers', 'chat_compare', 'export_model', 'add_chat_and_export', 'parser', 'main']
+           'policy_markdown', 'paired_changes', 'change_verdict', 'scorer_agreement', 'report_warnings',
+           'verdict_markdown', 'verdict_metrics', 'telling_prompts', 'reward_model_markdown', 'stages_markdown',
+           'run_metrics', 'write_report', 'trl_recipes', 'write_trl_recipes', 'StreamTo', 'adapter_base',
+           'chat_flag_problems', 'chat_settings', 'chat_reply', 'chat', 'chat_vs_report', 'compare_answers',
+           'chat_compare', 'export_model', 'add_chat_and_export', 'parser', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #41022857
 import argparse
@@ -927,7 +929,7 @@ def _run_stages(cfg, out: Path, force: bool, preset, state, device, say, t_start
     return json.loads((out / "metrics.json").read_text())
 
 # %% ../nbs/10_pipeline.ipynb #b59fab04
-def _plots(out: Path, table: dict) -> list[str]:
+def _plots(out: Path, table: dict, answers: dict) -> list[str]:
     "training.png and reward_vs_kl.png in `out`; their names."
     from matplotlib.figure import Figure  # the object API: no pyplot, so no backend or global state is touched
 
@@ -957,12 +959,13 @@ def _plots(out: Path, table: dict) -> list[str]:
     for a, (col, label) in zip(
         fig.subplots(1, 2), [("reward", "reward model (PPO's target)"), ("judge", "judge (seen by no trainer)")]
     ):
-        for name, row in table.items():
-            a.errorbar(row["kl"], row[col], yerr=row[f"{col}_ci"], fmt="o", capsize=3)
-            a.annotate(name, (row["kl"], row[col]), xytext=(5, 4), textcoords="offset points")
+        for name, (change, half) in ({"SFT": (0.0, 0.0)} | paired_changes(answers, col)).items():
+            a.errorbar(table[name]["kl"], change, yerr=half, fmt="o", capsize=3)
+            a.annotate(name, (table[name]["kl"], change), xytext=(5, 4), textcoords="offset points")
+        a.axhline(0, color="grey", lw=0.8)
         a.set_xlabel("KL(π || π_SFT) per reply (nats)")
-        a.set_ylabel(f"mean {col} score ± 95 %")
-        a.set_title(f"reward vs KL: {label}")
+        a.set_ylabel(f"{col} score − SFT's, paired ± 95 %")
+        a.set_title(f"change vs KL: {label}")
     fig.savefig(out / "reward_vs_kl.png", dpi=90)
     return ["training.png", "reward_vs_kl.png"]
 
@@ -977,17 +980,116 @@ def policy_markdown(table: dict) -> str:
     "report.md's main table."
     lines = [
         "| policy | reward model | judge | judge − SFT | judge win rate vs SFT [95 %] | KL to SFT (nats) | "
-        "length (tokens) | ended | a sample answer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "length (tokens) | ended |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in table.items():
         win = "— (the baseline)" if name == "SFT" else f"{r['win_rate']:.3f} [{r['win_low']:.3f}, {r['win_high']:.3f}]"
         vs = "—" if name == "SFT" else f"{r['judge_vs_sft']:+.3f} ± {r['judge_vs_sft_ci']:.3f}"
         lines.append(
             f"| {name} | {r['reward']:.3f} ± {r['reward_ci']:.3f} | {r['judge']:.3f} ± {r['judge_ci']:.3f} | {vs} | "
-            f"{win} | {r['kl']:.2f} | {r['tokens']:.1f} | {r['ended']:.0%} | {_cell(r['sample'])} |"
+            f"{win} | {r['kl']:.2f} | {r['tokens']:.1f} | {r['ended']:.0%} |"
         )
     return "\n".join(lines)
+
+# %% ../nbs/10_pipeline.ipynb #vrd00002
+def paired_changes(answers: dict, col: str, baseline: str = "SFT") -> dict:
+    "Each policy's mean change in `col` from `baseline`, paired by prompt: {policy: (mean, 95 % half-width)}."
+    base = _per_prompt(answers[baseline], col)
+    return {name: _mean_ci(_per_prompt(rows, col) - base) for name, rows in answers.items() if name != baseline}
+
+
+def change_verdict(mean: float, half: float) -> str:
+    "Whether a paired change's 95 % interval clears zero."
+    return "above SFT" if mean - half > 0 else "below SFT" if mean + half < 0 else "not separable from SFT"
+
+
+def scorer_agreement(answers: dict) -> float:
+    "Pearson's r between the reward model's and the judge's scores of every policy's answers."
+    rows = [r for policy in answers.values() for r in policy]
+    x = torch.tensor([[r["reward"], r["judge"]] for r in rows], dtype=torch.float64)
+    return torch.corrcoef(x.T)[0, 1].item()
+
+# %% ../nbs/10_pipeline.ipynb #vrd00003
+def report_warnings(answers: dict, rm: dict, settings: dict) -> list[str]:
+    "The caveats that apply to a run: its seed, its reward model against the length rule, cut replies, the judge, KL."
+    (acc, low, high), rule = rm["reward_model"]["accuracy"], rm["longer_wins"][0]
+    said = [
+        f"One seed (seed = {settings['seed']}): the split, the adapters' start and the sampling are one draw, and a "
+        "difference between policies can be the seed's. Run again with `--set seed=1 --out` another folder and keep "
+        "only the conclusions that survive."
+    ]
+    if acc <= rule:
+        said.append(
+            f"The reward model ({acc:.3f} [{low:.3f}, {high:.3f}] on {rm['held_out_pairs']} held-out pairs) is no "
+            f'better than the rule "the longer reply wins" ({rule:.3f}): PPO optimised a signal that length beats.'
+        )
+    cut = {n: 1 - sum(r["ended"] for r in rows) / len(rows) for n, rows in answers.items()}
+    if cut := {n: c for n, c in cut.items() if c > 0.1}:
+        shares = ", ".join(f"{n} {c:.0%}" for n, c in cut.items())
+        said.append(
+            f"Answers cut off at max_new_tokens = {settings['max_new_tokens']} ({shares} did not end): "
+            "the scores are of unfinished replies."
+        )
+    said.append(
+        "The judge is not independent of the reward model: it shares its base model, its frozen layers and their "
+        "cached features, and its pairs come from the same split of hh-rlhf (other pairs). Their agreement on the "
+        f"policies' answers: Pearson r = {scorer_agreement(answers):.2f}."
+    )
+    if below := {n: kl for n, rows in answers.items() if (kl := _per_prompt(rows, "kl").mean().item()) < 0}:
+        said.append(
+            "A KL to SFT below zero (" + ", ".join(f"{n} {kl:.2f}" for n, kl in below.items()) + "): the k1 estimate, "
+            "the mean of log π − log π_SFT over sampled replies, is zero or more in expectation but not per sample, "
+            "so a policy this close to SFT can print a small negative number."
+        )
+    return said
+
+# %% ../nbs/10_pipeline.ipynb #vrd00004
+def verdict_markdown(answers: dict, rm: dict, settings: dict) -> list[str]:
+    "report.md's first section: each policy's paired change against SFT and whether it clears zero; the caveats."
+    judge, reward = paired_changes(answers, "judge"), paired_changes(answers, "reward")
+    n = len(_per_prompt(answers["SFT"], "judge"))
+    lines = [
+        "## Verdict",
+        "",
+        f"Each policy against SFT on the same {n} held-out prompts (paired by prompt: mean change ± 95 % half-width).",
+        "",
+        "| policy | judge − SFT | judge says | reward model − SFT | reward model says |",
+        "|---|---|---|---|---|",
+    ]
+    for name in judge:
+        cells = [f"{m:+.3f} ± {h:.3f} | {change_verdict(m, h)}" for m, h in (judge[name], reward[name])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""] + [f"> **Warning.** {w}\n" for w in report_warnings(answers, rm, settings)]
+
+
+def verdict_metrics(answers: dict, rm: dict, settings: dict) -> dict:
+    "The verdict for metrics.json: {policy: {scorer: [change, half-width, verdict]}} against SFT, and the warnings."
+    changes = {col: paired_changes(answers, col) for col in ("judge", "reward")}
+    vs_sft = {
+        name: {col: [*c[name], change_verdict(*c[name])] for col, c in changes.items()} for name in changes["judge"]
+    }
+    return dict(vs_sft=vs_sft, warnings=report_warnings(answers, rm, settings))
+
+# %% ../nbs/10_pipeline.ipynb #vrd00006
+def telling_prompts(answers: dict, prompts: list[str], k: int = 3) -> list[str]:
+    "The `k` prompts whose judge scores differ most across the policies, each with every policy's first answer to it."
+    judge = torch.stack([_per_prompt(rows, "judge") for rows in answers.values()])  # policies × prompts
+    spread = judge.max(0).values - judge.min(0).values
+    lines = [
+        "## Where the policies differ most",
+        "",
+        f"The {k} held-out prompts whose judge scores differ most between the policies: each policy's first answer.",
+    ]
+    for i in spread.argsort(descending=True)[:k].tolist():
+        turns = hh_messages(prompts[i])
+        asked = f"(the last of {len(turns)} turns) " if len(turns) > 1 else ""
+        lines += ["", f"**Prompt {i}** {asked}(judge scores {spread[i]:.2f} apart): {_cell(turns[-1]['content'], 300)}"]
+        lines += ["", "| policy | judge | reward model | answer |", "|---|---|---|---|"]
+        for name, rows in answers.items():
+            r = next(r for r in rows if r["prompt"] == i)
+            lines.append(f"| {name} | {r['judge']:.2f} | {r['reward']:.2f} | {_cell(r['answer'], 200)} |")
+    return lines
 
 # %% ../nbs/10_pipeline.ipynb #b18f722e
 def reward_model_markdown(rm: dict) -> list[str]:
@@ -1042,15 +1144,18 @@ def write_report(out: Path, ran: dict | None = None, seconds: float | None = Non
     out, ran = Path(out), ran or {}
     run = json.loads((out / "settings.json").read_text())
     stages = {name: _done(out / name) for name in STAGES}
-    report = stages["report"]["metrics"]
-    metrics = run_metrics(run, stages, ran, seconds)
+    report, rm, settings = stages["report"]["metrics"], stages["reward"]["metrics"], run["settings"]
+    saved = json.loads((out / "report" / "answers.json").read_text())  # every policy's scored answers
+    metrics = run_metrics(run, stages, ran, seconds) | verdict_metrics(saved["answers"], rm, settings)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plots = _plots(out, report["policies"])
-    model = run["settings"]["model"] or f"{DEFAULT_MODEL} (offline copy)"
+    plots = _plots(out, report["policies"], saved["answers"])
     lines = [
-        f"# alignbook pipeline: {model}, preset {run['preset']}",
+        f"# alignbook pipeline: {settings['model'] or f'{DEFAULT_MODEL} (offline copy)'}, preset {run['preset']}",
         "",
-        f"{report['prompts']} held-out hh-rlhf prompts × {run['settings']['answers_per_prompt']} sampled answers per "
+        *verdict_markdown(saved["answers"], rm, settings),
+        "## Every policy",
+        "",
+        f"{report['prompts']} held-out hh-rlhf prompts × {settings['answers_per_prompt']} sampled answers per "
         "policy (T = 1). ± = 95 % half-width over prompts. Win rate: share of prompts where the judge scores the "
         "policy's answers above SFT's (ties ½), Wilson interval; an interval that holds 0.5 means the judge cannot "
         "tell the two apart on these prompts. The reward model is what PPO optimised; the judge was trained on other "
@@ -1058,19 +1163,14 @@ def write_report(out: Path, ran: dict | None = None, seconds: float | None = Non
         "",
         policy_markdown(report["policies"]),
         "",
-        *reward_model_markdown(stages["reward"]["metrics"]),
+        *telling_prompts(saved["answers"], saved["prompts"]),
+        "",
+        *reward_model_markdown(rm),
         "",
         *stages_markdown(stages, ran, seconds),
         "",
     ]
-    lines += [f"![{p}]({p})" for p in plots] + [
-        "",
-        "## Settings",
-        "",
-        "```json",
-        json.dumps(run["settings"], indent=1),
-        "```",
-    ]
+    lines += [f"![{p}]({p})" for p in plots] + ["", "## Settings", "", "```json", json.dumps(settings, indent=1), "```"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 # %% ../nbs/10_pipeline.ipynb #trlrec01

@@ -43,10 +43,10 @@ def tiny_run(tmp_path_factory):
     return out, metrics, time.perf_counter() - t0
 
 
-def _table(report: str) -> list[list[str]]:
-    "The cells of report.md's policy table (the rows after its header)."
+def _table(report: str, header: str = "| policy | reward model |") -> list[list[str]]:
+    "The cells of report.md's table whose header starts with `header` (the rows after the header)."
     lines = report.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| policy |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
@@ -83,6 +83,34 @@ def test_end_to_end(tiny_run):  # no time limit: a busy machine is not a failure
         assert (out / plot).stat().st_size > 10_000 and f"]({plot})" in (out / "report.md").read_text()
     answers = json.loads((out / "report" / "answers.json").read_text())["answers"]
     assert {k: len(v) for k, v in answers.items()} == {p: 8 for p in POLICIES}  # 4 prompts × 2 answers
+
+
+def test_the_report_opens_with_a_verdict_paired_against_sft(tiny_run):
+    out, metrics, _ = tiny_run
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2] == "## Verdict" and report.index("## Verdict") < report.index("## Every policy")
+    answers = json.loads((out / "report" / "answers.json").read_text())["answers"]
+
+    def per_prompt(policy, col):  # written out again: each prompt's mean over its answers
+        by = {}
+        for r in answers[policy]:
+            by.setdefault(r["prompt"], []).append(r[col])
+        return [sum(v) / len(v) for _, v in sorted(by.items())]
+
+    verdict = _table(report, "| policy | judge − SFT |")
+    assert [r[0] for r in verdict] == ["base", "PPO", "DPO"]
+    for name, cells in zip(["base", "PPO", "DPO"], verdict):
+        for col, (shown, says) in zip(("judge", "reward"), (cells[1:3], cells[3:5])):
+            d = [a - b for a, b in zip(per_prompt(name, col), per_prompt("SFT", col))]
+            mean = sum(d) / len(d)
+            half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+            assert metrics["vs_sft"][name][col][:2] == pytest.approx([mean, half])
+            assert shown == f"{mean:+.3f} ± {half:.3f}"
+            assert says == ("above SFT" if mean > half else "below SFT" if mean < -half else "not separable from SFT")
+    assert any(w.startswith("One seed (seed = 0)") for w in metrics["warnings"])
+    assert any("The judge is not independent of the reward model" in w for w in metrics["warnings"])
+    assert report.count("> **Warning.**") == len(metrics["warnings"])
+    assert "## Where the policies differ most" in report and report.count("**Prompt ") == 3
 
 
 @pytest.mark.parametrize("stage", ["sft", "ppo", "dpo"])
