@@ -1341,9 +1341,9 @@ def chat_vs_report(temperature, top_p, top_k, repetition_penalty, max_new_tokens
     said = ["greedy decoding, where the report sampled"] if greedy else []
     said += [f"{k.replace('_', ' ')} {mine} (the report's: {theirs})" for k, (mine, theirs) in differ.items()]
     if not said:
-        return "sampling as the report evaluated: T = 1, no top-p, no top-k, " + f"{report_tokens} new tokens"
+        return "Sampling as the report evaluated: T = 1, no top-p, no top-k, " + f"{report_tokens} new tokens"
     flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in report.items() if k in differ or greedy)
-    return "not the report's sampling: " + ", ".join(said) + f". To match it: {flags}" + (" without --greedy" * greedy)
+    return "Not the report's sampling: " + ", ".join(said) + f". To match it: {flags}" + (" without --greedy" * greedy)
 
 
 def compare_answers(model, tok, adapters: dict, messages: list[dict], how, seed: int, stdout) -> dict:

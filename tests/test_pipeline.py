@@ -304,7 +304,7 @@ def test_chat_compare_gives_each_policy_its_own_answer(tiny_run):
         "8",
         stdin="",
     )
-    assert r.returncode == 0 and "sampling as the report evaluated" in r.stdout
+    assert r.returncode == 0 and "Sampling as the report evaluated" in r.stdout
     r = _command("chat", "--compare", str(out / "ppo"), stdin="")
     assert r.returncode == 1 and "holds no settings.json" in r.stderr
     r = _command("chat", "--compare", str(out), "--adapter", str(out / "ppo"), stdin="")
