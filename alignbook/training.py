@@ -397,13 +397,10 @@ class History(list):
                 if isinstance(value, numbers.Real) and not isinstance(value, bool) and name != "step":
                     self.writer.add_scalar(name, value, global_step=self[-1]["step"])
 
-    def close(self) -> "History":
-        "Write the last row and close the run; the history."
+    def close(self) -> list[dict]:
+        "Write the last row and close the run; the rows, as the plain list a trainer returns (it pickles anywhere)."
         self._write_last()
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-        return self
-
-    def __reduce__(self):  # pickled, copied or cached as the plain list it is
-        return list, (list(self),)
+        return list(self)
