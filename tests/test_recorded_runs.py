@@ -134,7 +134,7 @@ def recorded() -> tuple[dict, bool]:
 
 
 def assert_matches(got: dict, want: dict, bitwise: bool):
-    "`got` equals the recorded run `want`: bitwise, or (another platform) within `CROSS_PLATFORM`, weights by their sums."
+    "`got` equals the recorded run `want`: bitwise, or (another platform) within `CROSS_PLATFORM`, weights by sums."
     assert [r.keys() for r in got["history"]] == [r.keys() for r in want["history"]], "the logged metric names changed"
     if bitwise:
         assert got["history"] == want["history"]  # floats compare exactly
