@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .distributions import sequence_logprobs
 from .lora import lora_layers
 from .policy_gradient import check_reference, first_trainable_layer, logprobs_above_trunk
 from .reward import _reply_text, check_preference_row, trunk_states
-from .sft import chat_ids
+from .sft import chat_ids, output_logits
 from .training import TrainConfig, add_metrics, check_finite, check_rows, log_row, make_optimizer, micro_batch
 
 # isort: split
@@ -146,9 +145,16 @@ def tokenize_preferences(rows, tokenizer, max_length: int | None = None, truncat
 
 # %% ../nbs/08_dpo.ipynb #8715bac0
 def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    "Summed completion log-probs of the chosen (batch,) and rejected (batch,) halves of a `collate_preferences` batch."
-    _, summed = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-    return summed.chunk(2)
+    """Summed completion log-probs of the chosen (batch,) and rejected (batch,) halves of a `collate_preferences` batch,
+    with the vocabulary projected only where a completion token is predicted (chapter 3's `output_logits`)."""
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # any padding side
+    h = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=position_ids).last_hidden_state
+    scored = (batch["completion_mask"] * attn)[:, 1:].bool()  # (2·batch, length-1): predicts a completion token
+    logits = output_logits(model, h[:, :-1][scored]).float()  # (completion tokens, vocab), not (2·batch, length, vocab)
+    lp = logits.gather(-1, ids[:, 1:][scored][:, None]).squeeze(-1) - logits.logsumexp(-1)
+    per_token = torch.zeros(scored.shape, dtype=lp.dtype, device=lp.device).masked_scatter(scored, lp)
+    return per_token.sum(-1).chunk(2)
 
 # %% ../nbs/08_dpo.ipynb #3d6bca52
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust")

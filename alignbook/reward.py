@@ -7,9 +7,9 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 # %% auto #0
 __all__ = ['REWARD_RECIPE', 'simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss',
            'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'check_preference_row',
-           'pair_ids', 'tokenize_pairs', 'collate_pairs', 'win_rate', 'trunk_states', 'top_hidden', 'cache_features',
-           'scores_from_features', 'RewardSettings', 'pair_scores', 'reward_batch_loss', 'train_reward',
-           'course_reward_model', 'pair_outcomes', 'paired_accuracy']
+           'pair_ids', 'tokenize_pairs', 'collate_pairs', 'win_rate', 'cache_features', 'scores_from_features',
+           'RewardSettings', 'pair_scores', 'reward_batch_loss', 'train_reward', 'course_reward_model', 'pair_outcomes',
+           'paired_accuracy']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
 import hashlib
@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import load_hh_rlhf, split_by_key
-from .models import CACHE_MARK, cache_dir, decoder_layout, load_model, load_tokenizer, resolve_model
-from .sft import chat_ids, freeze_all_but, top_layers
+from .models import CACHE_MARK, cache_dir, load_model, load_tokenizer, resolve_model
+from .sft import _check_llama_layout, chat_ids, freeze_all_but, top_hidden, top_layers, trunk_states
 from .training import TrainConfig, add_metrics, check_finite, check_rows, log_row, make_optimizer, micro_batch
 
 # isort: split
@@ -236,63 +236,6 @@ def win_rate(chosen: torch.Tensor, rejected: torch.Tensor, z: float = 1.96) -> t
         z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
     )
     return p, centre - half, centre + half
-
-# %% ../nbs/04_reward_modeling.ipynb #66cf6298
-def _check_llama_layout(model):
-    if decoder_layout(model)[0] != "model.layers" or not hasattr(model.model, "rotary_emb"):
-        raise NotImplementedError(
-            f"{type(model).__name__}: cached features need a Llama-style model (Llama, Qwen2, "
-            "Mistral: model.layers with rotary embeddings); train it on token pairs instead"
-        )
-
-# %% ../nbs/04_reward_modeling.ipynb #c220d0f5
-class _StopForward(Exception):
-    pass
-
-# %% ../nbs/04_reward_modeling.ipynb #1c91f27c
-@torch.no_grad()
-def trunk_states(
-    model,
-    input_ids: torch.Tensor | None,  # (batch, length) token ids, or None with `inputs_embeds`
-    attention_mask: torch.Tensor | None,  # (batch, length), 1 on real tokens; None: causal attention only
-    first_layer: int,  # the decoder layer whose inputs we want
-    inputs_embeds: torch.Tensor | None = None,  # (batch, length, hidden) instead of `input_ids`
-) -> dict:
-    """Run `model` without gradient up to decoder layer `first_layer`: `hidden`, the states entering it (batch,
-    length, hidden), and `kwargs`, the layer's other arguments as the model computes them (rotary embeddings, attention
-    mask)."""
-    seen = {}
-
-    def grab(module, args, kwargs):
-        seen.update(hidden=args[0] if args else kwargs.pop("hidden_states"), kwargs=kwargs)
-        raise _StopForward
-
-    handle = model.model.layers[first_layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=None
-            if attention_mask is None
-            else (attention_mask.cumsum(-1) - 1).clamp(min=0),  # any padding
-            use_cache=False,
-        )
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return seen
-
-# %% ../nbs/04_reward_modeling.ipynb #688fe978
-def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
-    "Final-norm hidden states (batch, length, hidden): `model`'s decoder layers from `first_layer` up, run on `trunk`."
-    h = trunk["hidden"]
-    for layer in model.model.layers[first_layer:]:
-        h = layer(h, **trunk["kwargs"])
-        if isinstance(h, tuple):
-            h = h[0]  # older transformers return (hidden, ...)
-    return model.model.norm(h)
 
 # %% ../nbs/04_reward_modeling.ipynb #ff5c5f12
 @torch.no_grad()

@@ -8,7 +8,8 @@ Docs: https://alignbook.github.io/alignbook/instruction_tuning.html.md"""
 __all__ = ['ALPACA_WITH_INPUT', 'ALPACA_NO_INPUT', 'TEMPLATES', 'SFT_FORMATS', 'TRUNCATION', 'NAMES', 'CITIES', 'render',
            'tokenize_sft', 'chat_ids', 'tokenize_messages', 'tokenize_chat_completion', 'show_masked', 'collate_sft',
            'row_format', 'tokenize_row', 'prepare_sft', 'freeze_all_but', 'top_layers', 'SFTSettings',
-           'completion_loss', 'summed_nll', 'sft_micro_batches', 'train_sft', 'json_format_rows', 'exact_match']
+           'completion_loss', 'output_logits', 'final_hidden', 'summed_nll', 'sft_micro_batches', 'sft_inputs',
+           'train_sft', 'trunk_states', 'top_hidden', 'cache_trunk', 'json_format_rows', 'exact_match']
 
 # %% ../nbs/03_instruction_tuning.ipynb #26201419
 import html
@@ -148,10 +149,19 @@ def show_masked(tokenizer, input_ids: list[int], completion_mask: list[int]) -> 
 # %% ../nbs/03_instruction_tuning.ipynb #7edef061
 def collate_sft(rows: list[dict], pad_token_id: int, mask_prompt: bool = True) -> dict:
     """Right-pad tokenized rows; labels = ids on the completion (or on every real token if not `mask_prompt`), -100
-    elsewhere."""
+    elsewhere. Rows from `cache_trunk` (below) also give `hidden`, their cached states, zero-padded."""
     batch = pad_batch([{k: r[k] for k in ("input_ids", "completion_mask")} for r in rows], pad_token_id, side="right")
     keep = batch.pop("completion_mask") if mask_prompt else batch["attention_mask"]
     batch["labels"] = batch["input_ids"].masked_fill(keep == 0, -100)
+    layers = {r.get("layer") for r in rows}
+    if layers != {None}:
+        if len(layers) > 1:
+            raise ValueError(
+                f"these rows mix trunk states cached at layers {sorted(layers, key=str)} (None: not cached): "
+                "cache them all with one cache_trunk call"
+            )
+        batch["hidden"] = torch.nn.utils.rnn.pad_sequence([r["hidden"] for r in rows], batch_first=True)
+        batch["first_layer"] = torch.tensor(layers.pop())
     return batch
 
 # %% ../nbs/03_instruction_tuning.ipynb #10724f50
@@ -287,24 +297,42 @@ class SFTSettings(TrainConfig):
 # %% ../nbs/03_instruction_tuning.ipynb #59be0a7d
 @torch.no_grad()
 def completion_loss(model, rows: list[dict], pad_token_id: int, batch_size: int = 16) -> float:
-    "Mean negative log-likelihood per completion token of tokenized `rows` (a held-out measure)."
+    "Mean negative log-likelihood per completion token of tokenized (or trunk-cached) `rows` (a held-out measure)."
     total, n = 0.0, 0
     for i in range(0, len(rows), batch_size):
         b = {k: v.to(model.device) for k, v in collate_sft(rows[i : i + batch_size], pad_token_id).items()}
-        k = (b["labels"][:, 1:] != -100).sum().item()
-        total += model(**b).loss.item() * k
-        n += k
+        total += summed_nll(model, b)["nll"].item()
+        n += (b["labels"][:, 1:] != -100).sum().item()
     if n == 0:
         raise ValueError("no completion tokens to evaluate")
     return total / n
 
 # %% ../nbs/03_instruction_tuning.ipynb #b00e1e43
+def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    "The model's logits (..., vocab) at final hidden states (..., hidden): its output layer, and its final soft cap."
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 caps its logits
+    return logits if not cap else torch.tanh(logits / cap) * cap
+
+
+def final_hidden(model, batch: dict) -> torch.Tensor:
+    """Final hidden states (B, T, hidden) of a collated batch: from its tokens, or, for trunk-cached rows, from their
+    cached states through the layers above (`top_hidden`, below)."""
+    if "hidden" in batch:
+        h = batch["hidden"]  # right padding: real tokens never attend to what follows, so a causal mask is enough
+        layer_args = trunk_states(model, None, None, 0, inputs_embeds=h)["kwargs"]  # rotary embeddings, causal mask
+        return top_hidden(model, dict(hidden=h, kwargs=layer_args), int(batch["first_layer"]))
+    return model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+
+
 def summed_nll(model, batch: dict) -> dict:
-    "Sums over the labelled tokens: `nll`, their negative log-likelihood; `correct`, how many the argmax gets right."
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
-    labels = batch["labels"][:, 1:]  # (B, T-1)
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-    correct = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
+    """Sums over the labelled tokens: `nll`, their negative log-likelihood; `correct`, how many the argmax gets right.
+    Logits are computed only where a label is predicted, not for every position."""
+    labels = batch["labels"][:, 1:]  # (B, T-1): the token each position predicts
+    at = labels != -100
+    logits = output_logits(model, final_hidden(model, batch)[:, :-1][at])  # (labelled tokens, V)
+    nll = F.cross_entropy(logits.float(), labels[at], reduction="sum")
+    correct = (logits.argmax(-1) == labels[at]).sum()
     return dict(nll=nll, correct=correct.to(nll.dtype))
 
 # %% ../nbs/03_instruction_tuning.ipynb #d3ed9f4c
@@ -322,10 +350,10 @@ def sft_micro_batches(rows: list[dict], micro_ids: list[list[int]], pad_token_id
         raise ValueError(f"step {step}: no labelled token in the batch (every completion masked)")
     return [{k: v.to(device) for k, v in b.items()} for b in micro], counts["labelled"].item(), counts["tokens"].item()
 
-# %% ../nbs/03_instruction_tuning.ipynb #0cef2322
-def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_data=None) -> list[dict]:
-    "Supervised fine-tuning of `model`'s trainable parameters on `data` (any of `SFT_FORMATS`, or tokenized rows)."
-    cfg = cfg or SFTSettings()
+# %% ../nbs/03_instruction_tuning.ipynb #sftin001
+def sft_inputs(model, data, tokenizer, eval_data=None) -> tuple[list[dict], list[dict] | None]:
+    """Stage 0: the training and held-out rows, tokenized unless they are already, and checked (a pad token; no
+    trainable weight below the layer of rows from `cache_trunk`, below)."""
     if tokenizer is None:
         raise ValueError("train_sft needs the tokenizer (to tokenize rows and to pad)")
     check_pad_token(tokenizer, "train_sft")
@@ -334,6 +362,15 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
     eval_rows = (
         None if not eval_data else eval_data if "input_ids" in eval_data[0] else prepare_sft(eval_data, tokenizer)
     )
+    if "layer" in rows[0]:
+        _check_above(model, rows[0]["layer"])
+    return rows, eval_rows
+
+# %% ../nbs/03_instruction_tuning.ipynb #0cef2322
+def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_data=None) -> list[dict]:
+    "Supervised fine-tuning of `model`'s trainable parameters on `data` (`SFT_FORMATS`, tokenized or cached rows)."
+    cfg = cfg or SFTSettings()
+    rows, eval_rows = sft_inputs(model, data, tokenizer, eval_data)
     params = trainable_parameters(model)
     accelerator, wrapped = prepare(model)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -362,6 +399,92 @@ def train_sft(model, data, cfg: SFTSettings | None = None, tokenizer=None, eval_
                 model.train()
             history.append(row)
     return history.close()
+
+# %% ../nbs/03_instruction_tuning.ipynb #66cf6298
+def _check_llama_layout(model):
+    if decoder_layout(model)[0] != "model.layers" or not hasattr(model.model, "rotary_emb"):
+        raise NotImplementedError(
+            f"{type(model).__name__}: cached features need a Llama-style model (Llama, Qwen2, "
+            "Mistral: model.layers with rotary embeddings); train it on token pairs instead"
+        )
+
+# %% ../nbs/03_instruction_tuning.ipynb #c220d0f5
+class _StopForward(Exception):
+    pass
+
+# %% ../nbs/03_instruction_tuning.ipynb #1c91f27c
+@torch.no_grad()
+def trunk_states(
+    model,
+    input_ids: torch.Tensor | None,  # (batch, length) token ids, or None with `inputs_embeds`
+    attention_mask: torch.Tensor | None,  # (batch, length), 1 on real tokens; None: causal attention only
+    first_layer: int,  # the decoder layer whose inputs we want
+    inputs_embeds: torch.Tensor | None = None,  # (batch, length, hidden) instead of `input_ids`
+) -> dict:
+    """Run `model` without gradient up to decoder layer `first_layer`: `hidden`, the states entering it (batch,
+    length, hidden), and `kwargs`, the layer's other arguments as the model computes them (rotary embeddings, attention
+    mask)."""
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen.update(hidden=args[0] if args else kwargs.pop("hidden_states"), kwargs=kwargs)
+        raise _StopForward
+
+    handle = model.model.layers[first_layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=None
+            if attention_mask is None
+            else (attention_mask.cumsum(-1) - 1).clamp(min=0),  # any padding
+            use_cache=False,
+        )
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen
+
+# %% ../nbs/03_instruction_tuning.ipynb #688fe978
+def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
+    "Final-norm hidden states (batch, length, hidden): `model`'s decoder layers from `first_layer` up, run on `trunk`."
+    h = trunk["hidden"]
+    for layer in model.model.layers[first_layer:]:
+        h = layer(h, **trunk["kwargs"])
+        if isinstance(h, tuple):
+            h = h[0]  # older transformers return (hidden, ...)
+    return model.model.norm(h)
+
+# %% ../nbs/03_instruction_tuning.ipynb #trunk002
+def _check_above(model, layer: int):
+    "Refuse trainable weights below `layer`: trained on cached trunk states, they would never receive a gradient."
+    n = model.config.num_hidden_layers
+    above = [f"model.layers.{i}." for i in range(layer, n)] + ["model.norm.", "lm_head."]
+    below = [k for k, p in model.named_parameters() if p.requires_grad and not any(k.startswith(a) for a in above)]
+    if below:
+        raise ValueError(
+            f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from trunk states cached there: "
+            "freeze them (freeze_all_but(model, top_layers(model, k))), or cache the trunk for more layers"
+        )
+
+
+@torch.no_grad()
+def cache_trunk(model, rows: list[dict], trained_layers: int, batch_size: int = 8) -> list[dict]:
+    """Tokenized rows, each with `hidden`: its states entering the last `trained_layers` decoder layers (the frozen
+    layers run once, without gradient), and `layer`, that layer's index."""
+    _check_llama_layout(model)
+    n = model.config.num_hidden_layers
+    if not 1 <= trained_layers <= n:
+        raise ValueError(f"trained_layers must be in 1..{n}, got {trained_layers}")
+    layer, out = n - trained_layers, []
+    for i in tqdm(range(0, len(rows), batch_size), desc="caching the trunk"):
+        chunk = rows[i : i + batch_size]
+        b = pad_batch([{"input_ids": r["input_ids"]} for r in chunk], 0, side="right")  # padding is masked out
+        h = trunk_states(model, b["input_ids"].to(model.device), b["attention_mask"].to(model.device), layer)["hidden"]
+        out += [r | dict(hidden=h[j, : len(r["input_ids"])].cpu(), layer=layer) for j, r in enumerate(chunk)]
+    return out
 
 # %% ../nbs/03_instruction_tuning.ipynb #b4ba3aec
 NAMES = (

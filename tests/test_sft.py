@@ -10,6 +10,7 @@ from alignbook.models import TINY, load_model, load_tokenizer
 from alignbook.sft import (
     TEMPLATES,
     SFTSettings,
+    cache_trunk,
     collate_sft,
     freeze_all_but,
     json_format_rows,
@@ -102,3 +103,66 @@ def test_train_sft_lowers_the_loss_of_its_rows(tok):
     losses = [h["loss"] for h in hist]
     assert [h["step"] for h in hist] == list(range(1, 31))
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_cached_trunk_equals_the_full_model_and_sfttrainer(tok):
+    """Three steps of the top layer on trunk states cached once give TRL's SFTTrainer losses and the uncached loop's
+    weights (the tiny model: 2 layers, the top one trained)."""
+    raw = json_format_rows(12, seed=0)
+    rows = prepare_sft(raw, tok, "chat")
+    cfg = SFTSettings(steps=3, batch_size=4, lr=1e-3, eval_every=0, seed=None)
+
+    def fresh():
+        model = load_model(TINY, device="cpu")
+        freeze_all_but(model, top_layers(model, 1))
+        return model
+
+    cached_model, full_model, trl_model = fresh(), fresh(), fresh()
+    cached = cache_trunk(cached_model, rows, trained_layers=1)
+    ours = [h["loss"] for h in train_sft(cached_model, cached, cfg, tok)]
+    full = [h["loss"] for h in train_sft(full_model, rows, cfg, tok)]
+    args = SFTConfig(
+        output_dir="/tmp/alignbook_test_sft_cached",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        max_length=None,
+        completion_only_loss=True,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        train_sampling_strategy="sequential",
+        logging_steps=1,
+        save_strategy="no",
+        activation_checkpointing=False,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        trl_model,
+        args=args,
+        processing_class=tok,
+        train_dataset=Dataset.from_list([render(r, "chat", tok) for r in raw]),
+    )
+    trainer.train()
+    trl = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(trl), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(full), rtol=1e-5, atol=1e-6)
+    assert abs(ours[2] - ours[0]) > 1e-2  # the steps moved the loss: equal histories are not three equal numbers
+    for (name, a), b in zip(cached_model.named_parameters(), full_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cached_trunk_refuses_what_it_cannot_train(tok):
+    rows = prepare_sft(json_format_rows(4, seed=0), tok, "chat")
+    model = load_model(TINY, device="cpu")
+    cached = cache_trunk(model, rows, trained_layers=1)
+    with pytest.raises(ValueError, match="get no gradient"):  # every weight trainable, the cache below the top layer
+        train_sft(model, cached, SFTSettings(steps=1, batch_size=2), tok)
+    with pytest.raises(ValueError, match="one cache_trunk call"):
+        collate_sft([cached[0], rows[1]], tok.pad_token_id)
+    with pytest.raises(ValueError, match="trained_layers must be in 1..2"):
+        cache_trunk(model, rows, trained_layers=3)
