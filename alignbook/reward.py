@@ -7,9 +7,9 @@ Docs: https://alignbook.github.io/alignbook/reward_modeling.html.md"""
 # %% auto #0
 __all__ = ['REWARD_RECIPE', 'simulate_comparisons', 'fit_bradley_terry', 'pairwise_loss', 'pointwise_loss', 'listwise_loss',
            'load_reward_model', 'check_reward_model', 'last_token_index', 'reward_scores', 'check_preference_row',
-           'pair_ids', 'tokenize_pairs', 'collate_pairs', 'win_rate', 'cache_features', 'scores_from_features',
-           'RewardSettings', 'pair_scores', 'reward_batch_loss', 'train_reward', 'course_reward_model', 'pair_outcomes',
-           'paired_accuracy']
+           'pair_ids', 'tokenize_pairs', 'collate_pairs', 'win_rate', 'cache_features', 'trunk_fingerprint',
+           'stored_features', 'scores_from_features', 'RewardSettings', 'pair_scores', 'reward_batch_loss',
+           'train_reward', 'course_reward_model', 'pair_outcomes', 'paired_accuracy']
 
 # %% ../nbs/04_reward_modeling.ipynb #5ac30c31
 import hashlib
@@ -262,6 +262,42 @@ def cache_features(model, pairs: list[dict], trained_layers: int, pad_token_id: 
             )
     return out
 
+# %% ../nbs/04_reward_modeling.ipynb #stfeat01
+def trunk_fingerprint(model, layer: int) -> str:
+    "A sha256 of the weights below decoder layer `layer` (embeddings, layers 0..layer-1): what the features depend on."
+    h = hashlib.sha256()
+    for n, p in model.named_parameters():
+        if n.startswith("model.embed_tokens.") or any(n.startswith(f"model.layers.{i}.") for i in range(layer)):
+            h.update(n.encode())
+            h.update(p.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def stored_features(model, pairs: list[dict], trained_layers: int, pad_token_id: int) -> list[dict]:
+    """`cache_features`, computed once and kept in alignbook's cache, in a folder named by the weights below the layer
+    (`trunk_fingerprint`) and the pairs' token ids: a second call, in this chapter or a later one, loads them."""
+    layer = model.config.num_hidden_layers - trained_layers
+    ids = [(p["chosen_ids"], p["rejected_ids"]) for p in pairs]
+    blob = json.dumps(dict(trunk=trunk_fingerprint(model, layer), layer=layer, pairs=ids))
+    folder = cache_dir() / "features" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # one process computes; the others wait, then load
+        if (folder / CACHE_MARK).exists():
+            stored = load_file(folder / "features.safetensors")
+            seqs = stored["hidden"].split(stored["lengths"].tolist())
+            print(f"features of {len(pairs)} pairs at layer {layer}: loaded from {folder}")
+            return [dict(chosen=seqs[2 * i], rejected=seqs[2 * i + 1], layer=layer) for i in range(len(pairs))]
+        feats = cache_features(model, pairs, trained_layers, pad_token_id)
+        seqs = [s for f in feats for s in (f["chosen"], f["rejected"])]
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+        save_file(
+            {"hidden": torch.cat(seqs).contiguous(), "lengths": torch.tensor([len(s) for s in seqs])},
+            tmp / "features.safetensors",
+        )
+        (tmp / CACHE_MARK).write_text(json.dumps(dict(pairs=len(pairs), layer=layer)))  # last: the folder is complete
+        tmp.rename(folder)
+    return feats
+
 # %% ../nbs/04_reward_modeling.ipynb #473c9d32
 def scores_from_features(model, feats: list[dict], trained_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of chosen and rejected from cached hidden states: the top `trained_layers` layers, final norm and score
@@ -426,9 +462,9 @@ def _recipe_pairs(recipe: dict, tokenizer, first_pair: int) -> tuple[list[dict],
 
 # %% ../nbs/04_reward_modeling.ipynb #41ced893
 def _train_recipe(model, tok, pairs: list[dict], test: list[dict], recipe: dict, first_pair: int) -> dict:
-    "Train the reward model on the recipe's pairs (cached features), measure it on the held-out ones: the report."
+    "Train the reward model on the recipe's pairs (stored features), measure it on the held-out ones: the report."
     t0 = time.perf_counter()
-    feats = cache_features(model, pairs, recipe["trained_layers"], tok.pad_token_id)
+    feats = stored_features(model, pairs, recipe["trained_layers"], tok.pad_token_id)
     history = train_reward(
         model,
         feats,
@@ -440,7 +476,7 @@ def _train_recipe(model, tok, pairs: list[dict], test: list[dict], recipe: dict,
             seed=recipe["seed"],
         ),
     )
-    test_feats = cache_features(model, test, recipe["trained_layers"], tok.pad_token_id)
+    test_feats = stored_features(model, test, recipe["trained_layers"], tok.pad_token_id)
     with torch.no_grad():
         held_out = [
             scores_from_features(model, test_feats[i : i + 16], recipe["trained_layers"])

@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from verdict import verdict
 
 warnings.filterwarnings("ignore")
 TARGETS = [f"layers.{i}.self_attn.{p}" for i in range(26, 30) for p in ["q_proj", "v_proj"]]
@@ -199,7 +200,7 @@ def main(args):
         )
     ratio = lambda name: statistics.mean(r["step"] for r in results[name]) / trl["step"]
     for name, target in [("ours, course setting", 0.5), ("ours, TRL's work", 1.0)]:
-        print(f"{'PASS' if ratio(name) <= target else 'FAIL'}: {name} ÷ TRL = {ratio(name):.2f}, target <= {target}")
+        verdict(f"DPO step {name} ÷ TRL", ratio(name), target)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import itertools
 import time
 
 import torch
+from verdict import verdict
 
 from alignbook.gold import REVIEW_SUBJECTS, gold_reward, score_one
 from alignbook.reward import load_reward_model
@@ -44,7 +45,7 @@ def main(n=2000, rounds=2):
     gold, proxy_rate = (sorted(v)[len(v) // 2] for v in rates.values())
     print(f"gold reward: {gold:,.0f} replies/s; proxy reward model: {proxy_rate:,.1f} replies/s (one core, median)")
     print(f"gold ÷ proxy time per reply: {proxy_rate / gold:.4f}")
-    print(f"target >= 1,000 replies/s: {'PASS' if gold >= 1000 else 'FAIL'}")
+    verdict("gold reward, replies/s", gold, 1000, larger_is_better=True)
 
 
 if __name__ == "__main__":

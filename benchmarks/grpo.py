@@ -18,6 +18,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
+from verdict import verdict
 
 from alignbook.gold import bench_tokenizer
 from alignbook.grpo import (
@@ -134,7 +135,7 @@ def main(rounds, steps):
     ratio = med["ours"] / med["TRL"]
     print(f"one GRPO step, {PROMPTS} prompts × {GROUP} answers ≤ {NEW} tokens, LoRA r=8 on q/v of the top 4 layers:")
     print(f"  ours {med['ours']:.2f} s, TRL {med['TRL']:.2f} s (medians of {len(times['ours'])} steps each)")
-    print(f"  ours ÷ TRL = {ratio:.2f}: {'PASS' if ratio <= TARGET else 'FAIL'} (target ≤ {TARGET})")
+    verdict("GRPO step ours ÷ TRL", ratio, TARGET)
     cfg = GRPOSettings(steps=2, prompts_per_step=PROMPTS, num_generations=GROUP, max_new_tokens=NEW, lr=2e-3)
     t = time.perf_counter()
     h = train_grpo(bench_grpo_policy(), rows, cfg, tok, correctness_reward)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from verdict import verdict
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -76,6 +77,7 @@ def main(steps=5, batch_size=4, length=128):
     t_ours, t_theirs = (t_ours + t_ours2) / 2, (t_theirs + t_theirs2) / 2
     print(f"forward+backward, batch {batch_size} x {length} tokens, LoRA r=8 on q/k/v/o of 30 layers")
     print(f"ours {t_ours:.2f} s, PEFT {t_theirs:.2f} s, ratio ours/PEFT {t_ours / t_theirs:.2f}")
+    verdict("LoRA step ours ÷ PEFT", t_ours / t_theirs, 1.0)
     for n, l in [(batch_size, length), (1, 64)]:  # activations dominate the first, optimizer state the second
         peak = {}
         for mode in ["full", "lora"]:
@@ -90,6 +92,7 @@ def main(steps=5, batch_size=4, length=128):
             f"peak memory of a training step (AdamW), batch {n} x {l}: full fine-tuning {peak['full']:.0f} MiB, "
             f"LoRA {peak['lora']:.0f} MiB, ratio LoRA/full {peak['lora'] / peak['full']:.2f}"
         )
+        verdict(f"LoRA peak memory ÷ full fine-tuning, batch {n} x {l}", peak["lora"] / peak["full"], 0.6)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import statistics
 import time
 
 import torch
+from verdict import verdict
 
 from alignbook.distributions import completion_mask_until_stop
 from alignbook.lora import inject_lora
@@ -91,6 +92,7 @@ def main(repeats, steps, rows, new_tokens):
         f"{per_step[False]:.2f} s, "
         f"shared trunk {per_step[True]:.2f} s, ratio {per_step[True] / per_step[False]:.2f}"
     )
+    verdict("REINFORCE step shared trunk ÷ two full passes", per_step[True] / per_step[False], 1.0)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import torch
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 warnings.filterwarnings("ignore")
 
+from verdict import verdict
+
 from alignbook.lora import inject_lora  # noqa: E402
 from alignbook.models import load_model, load_tokenizer  # noqa: E402
 from alignbook.ppo import PPOSettings, train_ppo  # noqa: E402
@@ -169,10 +171,7 @@ def main(rows, new_tokens):
     for k, v in times.items():
         print(f"  {k:34s} {v:6.2f} s   ÷ TRL = {v / base:.2f}")
     it = times["ours, value head + shared trunk"]
-    print(
-        f"target: ours (value head + shared trunk) ÷ TRL <= 0.5: {'PASS' if it / base <= 0.5 else 'FAIL'} "
-        f"({it / base:.2f})"
-    )
+    verdict("PPO iteration ours (value head, shared trunk) ÷ TRL", it / base, 0.5)
     print(
         f"sampling the {rows} responses took {t_gen:.2f} s: {t_gen / (t_gen + it):.0%} of a whole step of ours "
         f"(value head + shared trunk), {t_gen / (t_gen + base):.0%} of TRL's"

@@ -14,6 +14,7 @@ import warnings
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import RewardConfig, RewardTrainer
+from verdict import verdict
 
 from alignbook.data import load_hh_rlhf
 from alignbook.reward import RewardSettings, cache_features, load_reward_model, tokenize_pairs, train_reward
@@ -87,10 +88,8 @@ def main(steps=8, warmup=2):
         f"ours: {ours:.2f} s/step (+ {cache_per_step:.2f} s/step of one-time feature caching, amortised over one epoch)"
     )
     print(f"TRL RewardTrainer: {theirs:.2f} s/step")
-    print(
-        f"step-time ratio ours/TRL: {ours / theirs:.2f}; including caching for a single epoch: "
-        f"{(ours + cache_per_step) / theirs:.2f}"
-    )
+    verdict("reward step ours ÷ TRL", ours / theirs, 1.0)
+    verdict("reward step ours ÷ TRL, caching included (one epoch)", (ours + cache_per_step) / theirs, 1.0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import statistics
 import time
 
 import torch
+from verdict import verdict
 
 from alignbook.models import load_model, load_tokenizer
 from alignbook.sampling import generate
@@ -68,6 +69,7 @@ def main(new_tokens=64, repeats=3):
             assert torch.equal(out_ours, out_theirs), "outputs differ: the comparison would be meaningless"
             n = bs * new_tokens
             print(f"{bs:>5} {mode:>8} {n / t_ours:>11.1f} {n / t_theirs:>19.1f} {t_theirs / t_ours:>6.2f}")
+            verdict(f"sampling tokens/s ours ÷ transformers, batch {bs}, {mode}", t_theirs / t_ours, 1.0, True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from alignbook.reward import (
     reward_scores,
     scores_from_features,
     simulate_comparisons,
+    stored_features,
     tokenize_pairs,
     top_hidden,
     trunk_states,
@@ -176,3 +177,26 @@ def test_paired_accuracy_sign_test_equals_scipy_binomtest():
         )
     ties = paired_accuracy(torch.tensor([0.5, 1.0, 1.0]), torch.tensor([0.0, 0.5, 1.0]))
     assert (ties["a_better"], ties["b_better"]) == (2, 0)  # a half point counts as a direction, as in win_rate
+
+
+def test_stored_features_compute_once_and_follow_the_trunk(tmp_path, monkeypatch):
+    "A second call loads what the first stored; weights below the layer name another folder, weights above do not."
+    monkeypatch.setenv("ALIGNBOOK_CACHE", str(tmp_path))
+    model = load_model(TINY, kind="reward", device="cpu", seed=1, pad_token_id=0)
+    pairs = [dict(chosen_ids=[5, 6, 7, 2], rejected_ids=[5, 6, 9]), dict(chosen_ids=[8, 2], rejected_ids=[8, 3, 3, 3])]
+    first = stored_features(model, pairs, 1, 0)
+    folders = lambda: sorted(p.name for p in (tmp_path / "features").iterdir() if p.is_dir())  # noqa: E731
+    assert len(folders()) == 1
+    again = stored_features(model, pairs, 1, 0)
+    fresh = cache_features(model, pairs, 1, 0)
+    for a, b, c in zip(first, again, fresh):
+        assert torch.equal(a["chosen"], b["chosen"]) and torch.equal(a["rejected"], c["rejected"])
+        assert a["layer"] == b["layer"] == 1
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] += 1.0  # above the layer: the same features
+    stored_features(model, pairs, 1, 0)
+    assert len(folders()) == 1
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] += 1.0  # below it: other features
+    moved = stored_features(model, pairs, 1, 0)
+    assert len(folders()) == 2 and not torch.equal(moved[0]["chosen"], first[0]["chosen"])
