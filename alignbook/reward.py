@@ -30,7 +30,15 @@ from tqdm.auto import tqdm
 
 from .data import load_hh_rlhf, split_by_key
 from .models import CACHE_MARK, cache_dir, load_model, load_tokenizer, resolve_model
-from .sft import _check_llama_layout, chat_ids, freeze_all_but, top_hidden, top_layers, trunk_states
+from alignbook.sft import (
+    _check_above,
+    _check_llama_layout,
+    chat_ids,
+    freeze_all_but,
+    top_hidden,
+    top_layers,
+    trunk_states,
+)
 from .training import TrainConfig, add_metrics, check_finite, check_rows, log_row, make_optimizer, micro_batch
 
 # isort: split
@@ -338,22 +346,7 @@ def _check_features(model, feats: list[dict], trained_layers: int):
     ]
     if bad:
         raise ValueError(f"features of pairs {bad[:5]} are NaN or inf ({len(bad)} pairs): fix or drop them")
-    layer = model.config.num_hidden_layers - trained_layers
-    below = [
-        n
-        for n, p in model.named_parameters()
-        if p.requires_grad
-        and not n.startswith("score.")
-        and not any(
-            n.startswith(f"model.layers.{i}.") or n.startswith("model.norm.")
-            for i in range(layer, model.config.num_hidden_layers)
-        )
-    ]
-    if below:
-        raise ValueError(
-            f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from cached "
-            f"features: freeze them, or raise trained_layers"
-        )
+    _check_above(model, model.config.num_hidden_layers - trained_layers, heads=("score.",))  # chapter 3's check
 
 # %% ../nbs/04_reward_modeling.ipynb #477870d4
 def pair_scores(

@@ -458,15 +458,16 @@ def top_hidden(model, trunk: dict, first_layer: int) -> torch.Tensor:
     return model.model.norm(h)
 
 # %% ../nbs/03_instruction_tuning.ipynb #trunk002
-def _check_above(model, layer: int):
-    "Refuse trainable weights below `layer`: trained on cached trunk states, they would never receive a gradient."
+def _check_above(model, layer: int, heads: tuple = ("lm_head.",)):
+    """Refuse trainable weights below `layer`: trained on states cached there, they would never receive a gradient
+    (`heads`: the output layers above the final norm)."""
     n = model.config.num_hidden_layers
-    above = [f"model.layers.{i}." for i in range(layer, n)] + ["model.norm.", "lm_head."]
+    above = [f"model.layers.{i}." for i in range(layer, n)] + ["model.norm.", *heads]
     below = [k for k, p in model.named_parameters() if p.requires_grad and not any(k.startswith(a) for a in above)]
     if below:
         raise ValueError(
-            f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from trunk states cached there: "
-            "freeze them (freeze_all_but(model, top_layers(model, k))), or cache the trunk for more layers"
+            f"trainable weights below layer {layer} ({below[:3]}...) get no gradient from states cached there: "
+            "freeze them (freeze_all_but(model, top_layers(model, k))), or cache the states for more layers"
         )
 
 

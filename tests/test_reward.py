@@ -9,6 +9,7 @@ from trl import RewardConfig, RewardTrainer
 
 from alignbook.models import TINY, load_model
 from alignbook.reward import (
+    RewardSettings,
     cache_features,
     check_reward_model,
     collate_pairs,
@@ -22,9 +23,11 @@ from alignbook.reward import (
     stored_features,
     tokenize_pairs,
     top_hidden,
+    train_reward,
     trunk_states,
     win_rate,
 )
+from alignbook.sft import freeze_all_but, top_layers
 
 floats = st.floats(-20, 20, width=32)
 
@@ -200,3 +203,13 @@ def test_stored_features_compute_once_and_follow_the_trunk(tmp_path, monkeypatch
         model.model.layers[0].mlp.down_proj.weight[0, 0] += 1.0  # below it: other features
     moved = stored_features(model, pairs, 1, 0)
     assert len(folders()) == 2 and not torch.equal(moved[0]["chosen"], first[0]["chosen"])
+
+
+def test_features_refuse_trainable_weights_below_their_layer():
+    "Chapter 3's check, shared: on features cached at layer 1, weights below it would get no gradient."
+    model = load_model(TINY, kind="reward", device="cpu", seed=1, pad_token_id=0)
+    feats = cache_features(model, [dict(chosen_ids=[5, 6, 7, 2], rejected_ids=[5, 6, 9])] * 2, 1, 0)
+    with pytest.raises(ValueError, match="get no gradient"):  # every weight trainable
+        train_reward(model, feats, RewardSettings(steps=1, batch_size=2, trained_layers=1))
+    freeze_all_but(model, top_layers(model, 1) + ["score."])
+    assert len(train_reward(model, feats, RewardSettings(steps=1, batch_size=2, trained_layers=1))) == 1
